@@ -1,0 +1,85 @@
+"""Bounded staleness: the hard version bound and behaviour-policy importance weights.
+
+At learner version v a group sampled at version v_b is ``v − v_b`` versions stale.
+Groups with v − v_b > η are dropped outright (:func:`within_staleness`). The rest are
+corrected token by token with ρ_t = π_θold(y_t) / μ(y_t), where π_θold is the learner's
+(detached) log-prob before the update and μ the engine's behaviour log-prob:
+
+- ``token_truncate``: w_t = min(ρ_t, ρ̄)                                  (truncated IS)
+- ``token_mask``:     w_t = ρ_t · 1[ρ_min ≤ ρ_t ≤ ρ̄]                       (masked IS)
+- ``sequence_mask``:  w_t = ρ_geo · 1[ρ_min ≤ ρ_geo ≤ ρ̄] for every t of the sequence,
+                      ρ_geo = exp(mean_t log ρ_t) (the length-normalised sequence ratio)
+- ``none``:           w_t = 1
+
+Reported: mean and max ρ, ESS = (Σw)²/Σw² with its fraction ESS/n, and the fraction of
+tokens whose weight is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+IS_MODES = ("token_truncate", "token_mask", "sequence_mask", "none")
+
+
+def staleness(current_version: int, policy_versions: torch.Tensor) -> torch.Tensor:
+    """v − v_b per group (int64)."""
+    return current_version - policy_versions.long()
+
+
+def within_staleness(
+    current_version: int, policy_versions: torch.Tensor, max_staleness: int
+) -> torch.Tensor:
+    """Bool keep-mask: 0 ≤ v − v_b ≤ η. A version from the future (v_b > v) cannot be
+    corrected against and is dropped too."""
+    lag = staleness(current_version, policy_versions)
+    return (lag >= 0) & (lag <= max_staleness)
+
+
+def importance_weights(
+    old_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_truncate",
+    rho_max: float = 2.0,
+    rho_min: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Behaviour-correction weights w [B, T] (0 on padding) and their statistics.
+
+    old_logprobs, behaviour_logprobs [B, T]: log π_θold(y_t), log μ(y_t); mask [B, T].
+    """
+    if mode not in IS_MODES:
+        raise ValueError(f"unknown importance-sampling mode {mode!r}")
+    m = mask.to(torch.float32)
+    log_rho = (old_logprobs.detach().float() - behaviour_logprobs.float()) * m
+    rho = torch.exp(log_rho) * m
+    if mode == "none":
+        w = m.clone()
+    elif mode == "token_truncate":
+        w = rho.clamp(max=rho_max)
+    elif mode == "token_mask":
+        w = rho * ((rho >= rho_min) & (rho <= rho_max)).to(m.dtype)
+    else:
+        n = m.sum(-1).clamp(min=1)
+        rho_geo = torch.exp(log_rho.sum(-1) / n)
+        keep = ((rho_geo >= rho_min) & (rho_geo <= rho_max)).to(m.dtype)
+        w = (rho_geo * keep).unsqueeze(-1) * m
+    w = w * m
+    return w, weight_statistics(rho, w, mask)
+
+
+def weight_statistics(rho: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    m = mask.bool()
+    n = int(m.sum())
+    if n == 0:
+        return {"rho_mean": 1.0, "rho_max": 1.0, "ess": 0.0, "ess_fraction": 1.0, "masked_fraction": 0.0}
+    rho_v, w_v = rho[m], w[m]
+    sq = float((w_v * w_v).sum())
+    ess = float(w_v.sum()) ** 2 / sq if sq > 0 else 0.0
+    return {
+        "rho_mean": float(rho_v.mean()),
+        "rho_max": float(rho_v.max()),
+        "ess": ess,
+        "ess_fraction": ess / n,
+        "masked_fraction": float((w_v == 0).float().mean()),
+    }

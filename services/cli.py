@@ -1,0 +1,112 @@
+"""The ``hsd`` command line.
+
+Only argparse and the config module load before a command runs; each command imports
+its heavy dependencies (torch, transformers, grpc) inside its own function, so
+``hsd --help`` and config errors are fast. Exit codes: 0 ok, 2 bad usage or config,
+1 runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("hsd")
+
+
+class NotBuilt(RuntimeError):
+    """A subcommand of the design that this build does not provide yet."""
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (DESIGN §4)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one config field (repeatable); wins over the file and HSD_* env vars",
+    )
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from services.config import load_config
+
+    return load_config(args.config, overrides=args.overrides, extra=extra)
+
+
+def _not_built(issue: int) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        if hasattr(args, "config"):
+            _load(args)  # bad config still fails first, naming the field
+        raise NotBuilt(f"`hsd {args.command}` is not built yet (tracked in issue {issue})")
+
+    return command
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from services.config import config_hash, to_toml
+
+    config = _load(args)
+    print(f"# config hash {config_hash(config)}")
+    print(to_toml(config), end="")
+    return EXIT_OK
+
+
+COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
+    # name, help, handler, takes config flags
+    ("run", "all-in-one: embedded Redis, learner and actors on this machine", _not_built(7), True),
+    ("learner", "the learner service (training, weight service, replay)", _not_built(6), True),
+    ("actor", "a rollout actor that joins a running run (many may)", _not_built(5), True),
+    ("redis", "start the embedded Redis server", _not_built(3), True),
+    ("credit", "per-token credit of a response against a peer or answer", _not_built(7), False),
+    ("verify", "score a JSONL file of completions with a task's verifier", _not_built(5), False),
+    ("top", "live terminal view of a run's metrics", _not_built(7), False),
+    ("config", "print the resolved configuration and its hash", cmd_config, True),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hsd",
+        description="Asynchronous actor-learner post-training with dense self-generated "
+        "token-level credit (HSD, SD-Zero, OPSD, GRPO).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, handler, takes_config in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if takes_config:
+            _config_flags(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from services.config import ConfigError
+
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"hsd {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotBuilt as err:
+        print(f"hsd: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Hand-computed cases for learner.staleness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from learner.staleness import importance_weights, staleness, within_staleness
+
+T = torch.tensor
+
+
+def _logs(rhos, mu=-1.0):
+    """old log-probs whose ratio to a behaviour log-prob `mu` is each rho."""
+    return T([[mu + math.log(r) for r in row] for row in rhos]), torch.full((len(rhos), len(rhos[0])), mu)
+
+
+def test_hard_bound_drops_beyond_eta_and_future_versions():
+    versions = T([10, 9, 8, 7, 11])
+    assert staleness(10, versions).tolist() == [0, 1, 2, 3, -1]
+    assert within_staleness(10, versions, 2).tolist() == [True, True, True, False, False]
+    assert within_staleness(10, versions, 0).tolist() == [True, False, False, False, False]
+
+
+def test_token_truncate():
+    old, mu = _logs([[0.25, 1.0, 3.0]])
+    w, stats = importance_weights(old, mu, T([[True, True, True]]), "token_truncate", rho_max=2.0)
+    assert torch.allclose(w, T([[0.25, 1.0, 2.0]]), atol=1e-6)
+    assert stats["rho_mean"] == pytest.approx((0.25 + 1 + 3) / 3, rel=1e-5)
+    assert stats["rho_max"] == pytest.approx(3.0, rel=1e-5)
+    assert stats["ess"] == pytest.approx(3.25**2 / (0.0625 + 1 + 4), rel=1e-5)
+    assert stats["ess_fraction"] == pytest.approx(stats["ess"] / 3)
+    assert stats["masked_fraction"] == 0.0
+
+
+def test_token_mask_zeroes_outside_the_band():
+    old, mu = _logs([[0.25, 1.0, 3.0, 1.5]])
+    w, stats = importance_weights(old, mu, T([[True, True, True, True]]), "token_mask", 2.0, 0.5)
+    assert torch.allclose(w, T([[0.0, 1.0, 0.0, 1.5]]), atol=1e-6)
+    assert stats["masked_fraction"] == pytest.approx(0.5)
+
+
+def test_sequence_mask_uses_the_geometric_mean_ratio():
+    old, mu = _logs([[0.25, 1.0, 3.0], [4.0, 4.0, 1.0]])
+    mask = T([[True, True, True], [True, True, False]])  # second: geo mean of (4, 4) = 4
+    w, stats = importance_weights(old, mu, mask, "sequence_mask", 2.0, 0.5)
+    geo = 0.75 ** (1 / 3)
+    assert torch.allclose(w, T([[geo, geo, geo], [0.0, 0.0, 0.0]]), atol=1e-6)
+    assert stats["masked_fraction"] == pytest.approx(2 / 5)
+
+
+def test_padding_never_gets_weight_and_none_mode_is_ones():
+    old, mu = _logs([[5.0, 5.0]])
+    w, _ = importance_weights(old, mu, T([[True, False]]), "none")
+    assert w.tolist() == [[1.0, 0.0]]
+    w, _ = importance_weights(old, mu, T([[True, False]]), "token_truncate")
+    assert w.tolist() == [[2.0, 0.0]]
+
+
+def test_on_policy_weights_are_one_with_full_ess():
+    old = torch.randn(3, 4)
+    w, stats = importance_weights(old, old.clone(), torch.ones(3, 4, dtype=torch.bool))
+    assert torch.allclose(w, torch.ones(3, 4))
+    assert stats["ess_fraction"] == pytest.approx(1.0)
+
+
+def test_empty_mask_and_unknown_mode():
+    _, stats = importance_weights(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 2, dtype=torch.bool))
+    assert stats["masked_fraction"] == 0.0
+    with pytest.raises(ValueError):
+        importance_weights(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), "clip")

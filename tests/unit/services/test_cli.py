@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from services.cli import COMMANDS, EXIT_USAGE, main
+
+DESIGN_COMMANDS = {"run", "learner", "actor", "redis", "credit", "verify", "top"}
+
+
+def _hsd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_help_lists_every_design_subcommand():
+    out = _hsd("--help")
+    assert out.returncode == 0
+    for name in DESIGN_COMMANDS:
+        assert f"    {name} " in out.stdout, name
+    assert {c[0] for c in COMMANDS} >= DESIGN_COMMANDS
+
+
+def test_help_does_not_import_heavy_modules():
+    probe = ("import sys\nfrom services.cli import build_parser\n"
+             "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
+             "heavy = [m for m in ('torch', 'transformers', 'grpc', 'redis') if m in sys.modules]\n"
+             "print('heavy=' + ','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert out.stdout.strip().splitlines()[-1] == "heavy="
+
+
+def test_bad_config_exits_2_naming_the_field(capsys):
+    assert main(["learner", "--set", "learner.lr=-1"]) == EXIT_USAGE
+    assert "learner.lr" in capsys.readouterr().err
+
+
+def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):
+    monkeypatch.setenv("HSD_LEARNER__LR", "0.00042")
+    assert main(["config"]) == 0
+    assert "lr = 0.00042" in capsys.readouterr().out
