@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint bench venv clean
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -18,6 +18,9 @@ run: venv
 test: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: venv
+	$(BIN)/python -m bench.run $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

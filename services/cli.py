@@ -50,6 +50,31 @@ def _not_built(issue: int) -> Callable[[argparse.Namespace], int]:
     return command
 
 
+def cmd_redis(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from services.redis_server import EmbeddedRedis
+
+    config = _load(args)
+    if config.redis.url:
+        print(f"[redis] url is set ({config.redis.url}): nothing to start")
+        return EXIT_OK
+    data_dir = config.redis.data_dir or str(Path(config.run.dir) / "redis")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedRedis(data_dir) as server:
+        print(f"redis {server.url} pid {server.pid} data {server.data_dir}", flush=True)
+        while not stop.is_set() and server.process.poll() is None:
+            stop.wait(0.5)
+        if server.process.poll() is not None:
+            print(f"hsd redis: server exited with {server.process.returncode}", file=sys.stderr)
+            return EXIT_RUNTIME
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from services.config import config_hash, to_toml
 
@@ -64,7 +89,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
     ("run", "all-in-one: embedded Redis, learner and actors on this machine", _not_built(7), True),
     ("learner", "the learner service (training, weight service, replay)", _not_built(6), True),
     ("actor", "a rollout actor that joins a running run (many may)", _not_built(5), True),
-    ("redis", "start the embedded Redis server", _not_built(3), True),
+    ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, True),
     ("credit", "per-token credit of a response against a peer or answer", _not_built(7), False),
     ("verify", "score a JSONL file of completions with a task's verifier", _not_built(5), False),
     ("top", "live terminal view of a run's metrics", _not_built(7), False),

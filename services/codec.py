@@ -57,8 +57,10 @@ class RecordRejected(ValueError):
 # --------------------------------------------------------------------------- encode
 
 
-def _array_bytes(arr: np.ndarray, dtype: np.dtype) -> bytes:
-    return np.ascontiguousarray(arr, dtype=dtype).tobytes()
+def _array_bytes(arr: np.ndarray, dtype: np.dtype) -> memoryview:
+    """A view of the array's bytes in the wire dtype (copied only if it is not one already);
+    msgpack packs it as bin without an intermediate bytes object."""
+    return memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B")
 
 
 def _revision_map(r: Revision) -> dict[str, Any]:
@@ -85,8 +87,22 @@ def _sample_map(s: Sample) -> dict[str, Any]:
     return out
 
 
-def encode_group(group: RolloutGroup) -> bytes:
-    return msgpack.packb(
+def _pack(obj: dict[str, Any], size_hint: int = 0) -> memoryview:
+    """msgpack bytes as a view of the packer's own buffer: no final copy into a bytes
+    object (redis-py sends a memoryview as is). The view keeps its packer alive."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False, buf_size=max(size_hint, 4096))
+    packer.pack(obj)
+    return packer.getbuffer()
+
+
+def _payload_bytes(group: RolloutGroup) -> int:
+    arrays = sum(s.ids.size + s.logprobs.size for s in group.samples)
+    return 4 * (arrays + group.prompt_ids.size) + sum(len(s.text) for s in group.samples) + 4096
+
+
+def encode_group(group: RolloutGroup) -> memoryview:
+    """The group as msgpack (a bytes-like view; ``bytes()`` it to keep a copy)."""
+    return _pack(
         {
             "v": group.v,
             "run": group.run,
@@ -101,7 +117,7 @@ def encode_group(group: RolloutGroup) -> bytes:
             "answer": group.answer,
             "samples": [_sample_map(s) for s in group.samples],
         },
-        use_bin_type=True,
+        _payload_bytes(group),
     )
 
 
@@ -190,11 +206,15 @@ def _unpack(raw: Any, max_bytes: int) -> Any:
 
 def _tokens(r: _Reader, key: str, vocab_size: int | None) -> np.ndarray:
     ids = r.array(key, IDS_DTYPE)
-    if ids.size and (int(ids.min()) < 0 or (vocab_size is not None and int(ids.max()) >= vocab_size)):
-        raise RecordRejected(
-            Reason.TOKEN_OUT_OF_RANGE,
-            f"{r.where}.{key}: ids in [{int(ids.min())}, {int(ids.max())}], vocabulary {vocab_size}",
-        )
+    if ids.size:
+        # One reduction catches both ends: a negative int32 viewed as uint32 is >= 2**31.
+        bound = vocab_size if vocab_size is not None else 2**31
+        if int(ids.view("<u4").max()) >= bound:
+            raise RecordRejected(
+                Reason.TOKEN_OUT_OF_RANGE,
+                f"{r.where}.{key}: ids in [{int(ids.min())}, {int(ids.max())}], "
+                f"vocabulary {vocab_size}",
+            )
     return ids
 
 
@@ -206,12 +226,15 @@ def _completion(r: _Reader, vocab_size: int | None) -> tuple[np.ndarray, np.ndar
         raise RecordRejected(
             Reason.LENGTH_MISMATCH, f"{r.where}: {ids.size} ids but {logprobs.size} logprobs"
         )
-    if not np.isfinite(logprobs).all():
-        raise RecordRejected(Reason.NON_FINITE, f"{r.where}.logprobs has NaN or inf")
-    if logprobs.size and float(logprobs.max()) > LOGPROB_SLACK:
-        raise RecordRejected(
-            Reason.BAD_VALUE, f"{r.where}.logprobs has a positive log-prob {float(logprobs.max())}"
-        )
+    if logprobs.size:
+        # NaN propagates through min and max; -inf shows in min, +inf in max.
+        low, high = float(logprobs.min()), float(logprobs.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise RecordRejected(Reason.NON_FINITE, f"{r.where}.logprobs has NaN or inf")
+        if high > LOGPROB_SLACK:
+            raise RecordRejected(
+                Reason.BAD_VALUE, f"{r.where}.logprobs has a positive log-prob {high}"
+            )
     return ids, logprobs
 
 

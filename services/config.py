@@ -108,7 +108,8 @@ class AlgorithmConfig(_Section):
     peer_strategy: Literal["random", "shortest"] = "random"
     peer_fallback: Literal["answer", "none", "bank"] = "answer"
     peer_with_answer: bool = False
-    peer_bank_size: Annotated[int, Field(ge=1)] = 4
+    peer_bank_size: Annotated[int, Field(ge=1)] = 4  # banked successes kept per prompt
+    peer_bank_max_age: Annotated[int, Field(ge=0)] = 4  # versions a banked peer stays usable
     teacher: Literal["current", "ema", "sync", "frozen"] = "current"
     teacher_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
     teacher_sync_every: Annotated[int, Field(ge=1)] = 10

@@ -1,0 +1,45 @@
+"""Run the benchmarks: ``python -m bench.run [--full] [--only NAME ...]``.
+
+Writes bench/results.json (figure name -> value, baseline, ratio, goal, unit) and prints
+the table. Quick mode by default; ``--full`` adds the scaling rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+
+import torch
+
+from bench.common import RESULTS, table, write_results
+
+SUITES = ["transport"]
+
+
+def machine() -> str:
+    return f"{platform.node() or 'host'}: {torch.get_num_threads()} torch threads, " \
+           f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--full", action="store_true", help="long mode with scaling rows")
+    parser.add_argument("--only", nargs="*", choices=SUITES, help="run only these suites")
+    parser.add_argument("--output", default=str(RESULTS), help="results JSON path")
+    args = parser.parse_args(argv)
+    figures = []
+    for name in args.only or SUITES:
+        module = importlib.import_module(f"bench.{name}")
+        print(f"[bench] {name} ({'full' if args.full else 'quick'})", file=sys.stderr, flush=True)
+        figures += module.run(quick=not args.full)
+    from pathlib import Path
+
+    write_results(figures, Path(args.output), machine())
+    print(table(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Redis streams between the roles: keys, at-least-once consumers, hand-off, admission.
+
+Keys of a run (DESIGN §2)::
+
+    hsd:{run}:prompts     stream, consumer group `actors`   (field p: PromptItem)
+    hsd:{run}:rollouts    stream, consumer group `learner`  (field r: RolloutGroup)
+    hsd:{run}:deadletter  stream of rejected entries        (reason, detail, raw, source)
+    hsd:{run}:peers:{id}  list, the peer bank of one prompt
+    hsd:{run}:state       hash: version, weights address, config hash, admission counters
+
+An entry is deleted once it is acknowledged, so a stream holds exactly the work that is
+undelivered or in progress: XLEN is the lag, and nothing that still matters is trimmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import redis
+
+from services.codec import encode_group, encode_prompt
+from services.records import PromptItem, RolloutGroup
+
+log = logging.getLogger(__name__)
+
+ACTORS_GROUP = "actors"
+LEARNER_GROUP = "learner"
+PROMPT_FIELD = b"p"
+ROLLOUT_FIELD = b"r"
+DEADLETTER_MAXLEN = 100_000  # rejected entries are kept for inspection, not as work
+
+
+@dataclass(frozen=True)
+class Keys:
+    run: str
+
+    @property
+    def prompts(self) -> str:
+        return f"hsd:{self.run}:prompts"
+
+    @property
+    def rollouts(self) -> str:
+        return f"hsd:{self.run}:rollouts"
+
+    @property
+    def deadletter(self) -> str:
+        return f"hsd:{self.run}:deadletter"
+
+    @property
+    def state(self) -> str:
+        return f"hsd:{self.run}:state"
+
+    def peers(self, prompt_id: str) -> str:
+        return f"hsd:{self.run}:peers:{prompt_id}"
+
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # (entry id, fields)
+
+
+class StreamConsumer:
+    """One consumer of a consumer group, with at-least-once delivery.
+
+    Entry lifecycle::
+
+        XADD ──► new ──read()──► pending (owned by this consumer) ──ack()──► acked + deleted
+                                    │ owner dies; idle > claim_idle_ms
+                                    └──read() of another consumer (XAUTOCLAIM) ──► pending (new owner)
+
+    A consumer restarted under the same name first re-reads its own pending entries
+    (what it had read but not acknowledged), then idle entries of dead peers, then new ones.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        claim_idle_ms: int = 60_000,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+        self._own_pending = True  # re-read what this consumer name left unacknowledged
+        self._next_claim = 0.0
+        ensure_group(client, stream, group)
+
+    def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
+        """Up to ``count`` entries; blocks up to ``block_ms`` only when nothing is pending."""
+        if self._own_pending:
+            entries = self._xreadgroup("0", count, None)
+            if entries:
+                return entries
+            self._own_pending = False
+        if time.monotonic() >= self._next_claim:
+            claimed = self._autoclaim(count)
+            if claimed:
+                return claimed
+            self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
+        return self._xreadgroup(">", count, block_ms)
+
+    def _xreadgroup(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+        )
+        return self._live(reply[0][1] if reply else [])
+
+    def _autoclaim(self, count: int) -> list[Entry]:
+        reply = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
+        )
+        entries = self._live(reply[1])
+        if entries:
+            log.warning("%s: reclaimed %d entries idle > %d ms from a dead consumer",
+                        self.stream, len(entries), self.claim_idle_ms)
+        return entries
+
+    def _live(self, entries: list) -> list[Entry]:
+        """Drop pending ids whose entry was deleted (acknowledged elsewhere), acking them."""
+        gone = [eid for eid, fields in entries if fields is None]
+        if gone:
+            self.client.xack(self.stream, self.group, *gone)
+        return [(eid, fields) for eid, fields in entries if fields is not None]
+
+    def ack(self, ids: Iterable[bytes], pipe: redis.client.Pipeline | None = None) -> None:
+        """Acknowledge and delete; inside ``pipe`` when the caller commits more atomically."""
+        ids = list(ids)
+        if not ids:
+            return
+        target = pipe if pipe is not None else self.client.pipeline(transaction=True)
+        target.xack(self.stream, self.group, *ids)
+        target.xdel(self.stream, *ids)
+        if pipe is None:
+            target.execute()
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as err:
+        if "BUSYGROUP" not in str(err):
+            raise
+
+
+def dead_letter(
+    client: redis.Redis,
+    keys: Keys,
+    source: str,
+    entry_id: bytes,
+    raw: bytes,
+    reason: str,
+    detail: str,
+    pipe: redis.client.Pipeline | None = None,
+) -> None:
+    target = pipe if pipe is not None else client
+    target.xadd(
+        keys.deadletter,
+        {"source": source, "id": entry_id, "reason": reason, "detail": detail[:2000], "raw": raw},
+        maxlen=DEADLETTER_MAXLEN,
+        approximate=True,
+    )
+
+
+def publish_group(
+    client: redis.Redis,
+    keys: Keys,
+    group: RolloutGroup,
+    prompt_consumer: StreamConsumer | None = None,
+    prompt_entry: bytes | None = None,
+) -> bytes:
+    """XADD one whole group; with the prompt it answers, XACK that prompt in the same
+    MULTI, so the prompt is acknowledged exactly when its group is in the stream."""
+    payload = {ROLLOUT_FIELD: encode_group(group)}
+    if prompt_consumer is None or prompt_entry is None:
+        return client.xadd(keys.rollouts, payload)
+    pipe = client.pipeline(transaction=True)
+    pipe.xadd(keys.rollouts, payload)
+    prompt_consumer.ack([prompt_entry], pipe)
+    return pipe.execute()[0]
+
+
+class PromptAdmission:
+    """Admission control: at most ``capacity`` = (η+1)·B groups in flight.
+
+    in flight = admitted − retired, both counters in the run's state hash (so a restarted
+    learner keeps counting). A group retires when the learner commits or drops it.
+    """
+
+    ADMITTED, RETIRED = "admitted", "retired"
+
+    def __init__(self, client: redis.Redis, keys: Keys, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("admission capacity must be >= 1")
+        self.client = client
+        self.keys = keys
+        self.capacity = capacity
+        ensure_group(client, keys.prompts, ACTORS_GROUP)
+
+    def in_flight(self) -> int:
+        admitted, retired = self.client.hmget(self.keys.state, self.ADMITTED, self.RETIRED)
+        return int(admitted or 0) - int(retired or 0)
+
+    def admit(self, next_prompt: Callable[[], PromptItem]) -> int:
+        """Admit prompts from ``next_prompt`` until the window is full; returns how many."""
+        room = self.capacity - self.in_flight()
+        for _ in range(max(room, 0)):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(self.keys.prompts, {PROMPT_FIELD: encode_prompt(next_prompt())})
+            pipe.hincrby(self.keys.state, self.ADMITTED, 1)
+            pipe.execute()
+        return max(room, 0)
+
+    def retire(self, n: int, pipe: redis.client.Pipeline | None = None) -> None:
+        if n:
+            (pipe if pipe is not None else self.client).hincrby(self.keys.state, self.RETIRED, n)
+
+
+def stream_lag(client: redis.Redis, stream: str) -> int:
+    """Entries undelivered or in progress (acknowledged entries are deleted)."""
+    return int(client.xlen(stream))
+
+
+class Backpressure:
+    """Pauses a producer while the rollout stream's lag is above a bound.
+
+    States::
+
+        flowing ──lag > max_lag──► paused (polls XLEN every `poll_s`, no busy loop)
+           ▲                          │
+           └──────lag ≤ max_lag───────┘   (or stop is set)
+    """
+
+    def __init__(self, client: redis.Redis, stream: str, max_lag: int, poll_s: float = 0.5) -> None:
+        self.client, self.stream, self.max_lag, self.poll_s = client, stream, max_lag, poll_s
+
+    def wait(self, stop: threading.Event, on_change: Callable[[bool], None] | None = None) -> bool:
+        """Block while lagging; returns True if it paused at all."""
+        paused = False
+        while not stop.is_set() and stream_lag(self.client, self.stream) > self.max_lag:
+            if not paused:
+                paused = True
+                log.warning("%s lag above %d: pausing", self.stream, self.max_lag)
+                if on_change:
+                    on_change(True)
+            stop.wait(self.poll_s)
+        if paused and on_change:
+            on_change(False)
+        return paused
