@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench proto venv clean
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -21,6 +21,9 @@ test: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+proto: venv
+	PYTHON=$(BIN)/python bash scripts/gen-proto
 
 lint: venv
 	$(BIN)/ruff check .

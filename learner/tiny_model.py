@@ -21,9 +21,10 @@ DEFAULT_SIZES = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
+    # vLLM's CPU attention kernels need head_dim >= 32
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
-    "head_dim": 16,
+    "head_dim": 32,
     "max_position_embeddings": 1024,
 }
 
