@@ -8,8 +8,13 @@ folder and loaded back with ``from_pretrained`` like any other model.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 from typing import Any
+
+TINY = "tiny"
+TINY_VERSION = "v1"  # bump when the architecture or tokenizer changes
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -70,3 +75,23 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, **sizes: int) -> Pat
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HSD_CACHE", Path.home() / ".cache" / "hsd"))
+
+
+def resolve_model(path: str) -> str:
+    """A model path or hub id as is; ``tiny``: the built-in model, made once and cached
+    (a file lock makes concurrent first starts build it once)."""
+    if path != TINY:
+        return path
+    target = cache_dir() / "models" / f"tiny-{TINY_VERSION}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".tiny-{TINY_VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+            build_tiny_model(tmp, seed=0)
+            tmp.rename(target)
+    return str(target)

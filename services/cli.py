@@ -75,6 +75,77 @@ def cmd_redis(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from actors.verify_cli import main as verify_main
+
+    try:
+        return verify_main(args.task, args.input, args.output, args.workers, args.allow_unsandboxed)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"hsd verify: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _join_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Redis URL and run name of a running run: from --join RUN_DIR's endpoints.json or flags."""
+    import json
+    from pathlib import Path
+
+    extra: dict[str, Any] = {}
+    if args.join:
+        endpoints = json.loads((Path(args.join) / "endpoints.json").read_text())
+        extra = {"redis": {"url": endpoints["redis"]}, "run": {"name": endpoints["run"]}}
+        if endpoints.get("config"):
+            args.config = args.config or endpoints["config"]
+    if args.redis_url:
+        extra.setdefault("redis", {})["url"] = args.redis_url
+    if args.run:
+        extra.setdefault("run", {})["name"] = args.run
+    return extra
+
+
+def cmd_actor(args: argparse.Namespace) -> int:
+    import signal
+
+    extra = _join_overrides(args)
+    config = _load(args, extra)
+    if not config.redis.url:
+        print("hsd actor: no Redis to join: give --join RUN_DIR, --redis-url or [redis] url",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from actors.actor import Actor, JoinRefused
+    from actors.engines import make_engine
+    from actors.tasks import make_task
+    from learner.tiny_model import resolve_model
+    from services.http import MetricsServer
+    from services.redis_client import connect
+
+    engine = make_engine(config.actor.engine, resolve_model(config.model.path), dtype=config.model.dtype,
+                         trust_remote_code=config.model.trust_remote_code)
+    task = make_task(config.actor.task, timeout_s=config.actor.verifier_timeout_s,
+                     allow_unsandboxed=config.actor.allow_unsandboxed_code)
+    actor = Actor(config, connect(config.redis.url, config.redis.retry_seconds), engine, task,
+                  actor_id=args.actor_id)
+    metrics = None
+    if config.metrics.enabled:
+        metrics = MetricsServer(config.metrics.host, config.metrics.port, ready=actor.readiness).start()
+        log.info("actor %s metrics at %s", actor.actor_id, metrics.url)
+        if args.metrics_file:
+            from pathlib import Path
+
+            Path(args.metrics_file).write_text(metrics.url)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: actor.stop())
+    try:
+        actor.run()
+    except JoinRefused as err:
+        print(f"hsd actor: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if metrics:
+            metrics.stop()
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from services.config import config_hash, to_toml
 
@@ -88,10 +159,10 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
     # name, help, handler, takes config flags
     ("run", "all-in-one: embedded Redis, learner and actors on this machine", _not_built(7), True),
     ("learner", "the learner service (training, weight service, replay)", _not_built(6), True),
-    ("actor", "a rollout actor that joins a running run (many may)", _not_built(5), True),
+    ("actor", "a rollout actor that joins a running run (many may)", cmd_actor, True),
     ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, True),
     ("credit", "per-token credit of a response against a peer or answer", _not_built(7), False),
-    ("verify", "score a JSONL file of completions with a task's verifier", _not_built(5), False),
+    ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, False),
     ("top", "live terminal view of a run's metrics", _not_built(7), False),
     ("config", "print the resolved configuration and its hash", cmd_config, True),
 ]
@@ -109,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if takes_config:
             _config_flags(p)
+        if name == "actor":
+            p.add_argument("--join", metavar="RUN_DIR", help="join the run whose endpoints.json is here")
+            p.add_argument("--redis-url", help="the run's Redis (instead of --join)")
+            p.add_argument("--run", help="the run's name (instead of --join)")
+            p.add_argument("--actor-id", help="consumer name (default: host-pid-random)")
+            p.add_argument("--metrics-file", help="write the metrics URL here once serving")
+        if name == "verify":
+            p.add_argument("--task", required=True,
+                           help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME")
+            p.add_argument("--input", required=True, metavar="FILE.jsonl")
+            p.add_argument("--output", metavar="FILE", help="default: stdout")
+            p.add_argument("--workers", type=int, default=4)
+            p.add_argument("--allow-unsandboxed", action="store_true",
+                           help="run code without a sandbox when none is available (unsafe)")
         p.set_defaults(handler=handler)
     return parser
 

@@ -80,6 +80,7 @@ class ActorConfig(_Section):
     prompts_per_batch: Annotated[int, Field(ge=1)] = 1
     verifier_workers: Annotated[int, Field(ge=1)] = 2
     verifier_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    allow_unsandboxed_code: bool = False  # run generated code without isolation if none exists
 
 
 class LearnerConfig(_Section):

@@ -32,3 +32,30 @@ class ReplayMetrics:
         self.batch_staleness = Histogram(
             "hsd_replay_batch_staleness_versions", "v − v_b of the groups handed out in batches",
             buckets=(0, 1, 2, 3, 4, 6, 8, 16), registry=registry)
+
+
+SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class ActorMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.groups = Counter("hsd_actor_groups", "Rollout groups written", registry=registry)
+        self.samples = Counter("hsd_actor_samples", "Samples generated", registry=registry)
+        self.tokens = Counter("hsd_actor_tokens", "Response tokens generated", registry=registry)
+        self.generate_seconds = Histogram(
+            "hsd_actor_generate_seconds", "Wall time of one generation batch", buckets=SECONDS,
+            registry=registry)
+        self.reward = Histogram(
+            "hsd_actor_reward", "Verifier reward per sample", buckets=(0, 0.25, 0.5, 0.75, 1.0),
+            registry=registry)
+        self.policy_version = Gauge(
+            "hsd_actor_policy_version", "Version of the weights the actor generates with",
+            registry=registry)
+        self.weight_sync_seconds = Histogram(
+            "hsd_actor_weight_sync_seconds", "Fetch + verify + load of a new weight version",
+            buckets=SECONDS, registry=registry)
+        self.paused = Gauge(
+            "hsd_actor_backpressure_paused", "1 while the actor waits for the rollout stream to drain",
+            registry=registry)
+        self.rejected_prompts = Counter(
+            "hsd_actor_rejected_prompts", "Malformed prompt entries dead-lettered", registry=registry)

@@ -139,7 +139,7 @@ class WeightClient:
     def latest(self, timeout_s: float = 10.0) -> pb.Manifest:
         return self.stub.GetLatest(pb.GetLatestRequest(), metadata=self.metadata, timeout=timeout_s)
 
-    def watch(self, after_version: int = 0):
+    def watch(self, after_version: int = -1):
         """A cancellable stream of manifests (call ``.cancel()`` to end it)."""
         return self.stub.Watch(pb.WatchRequest(after_version=after_version), metadata=self.metadata)
 
@@ -254,7 +254,7 @@ class WeightFollower:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                stream = self.client.watch(max(self.version, 0))
+                stream = self.client.watch(self.version)
                 with self._lock:
                     self._stream = stream
                 for manifest in stream:

@@ -85,7 +85,7 @@ def test_concurrent_clients_get_identical_verified_weights(server):
 
 def test_watch_pushes_each_new_version(server):
     client = WeightClient(server.address)
-    stream = client.watch(0)
+    stream = client.watch(-1)
     seen = []
 
     def read():

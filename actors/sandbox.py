@@ -1,0 +1,199 @@
+"""Running untrusted Python (model output) in a sandboxed subprocess.
+
+Backends, strongest first; the first available is used and named in the log:
+
+- ``bwrap`` (bubblewrap): read-only root, tmpfs /tmp as the work dir, every namespace
+  unshared (no network), uid 65534, dies with its parent.
+- ``unshare`` (util-linux, needs root): new mount, network and PID namespaces; the root
+  is remounted read-only, a fresh tmpfs is the only writable place (the work dir), and
+  the program runs as uid 65534 with no capabilities (``setpriv``), so the process cap
+  applies. The namespace's processes all die with its init.
+- ``none``: a plain subprocess with the same rlimits but no isolation — refused unless
+  the user explicitly allows unsandboxed code.
+
+Every backend: wall-time limit (the process group is killed), CPU-seconds, address-space,
+file-size and process-count rlimits, an empty environment, and stdout/stderr capped
+(a program that prints more is killed).
+
+Run lifecycle::
+
+    spawn (own session) ──► running ──exit──► done (returncode, capped output)
+                              ├─ wall time passes ──► killed (process group) ──► "timeout"
+                              └─ output over cap ───► killed (process group) ──► "output_limit"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+NOBODY = 65534
+BACKENDS = ("bwrap", "unshare", "none")
+
+
+class SandboxUnavailable(RuntimeError):
+    """No isolating backend, and unsandboxed execution was not allowed."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0
+    cpu_s: int = 10
+    memory_mb: int = 1024
+    nproc: int = 32
+    fsize_mb: int = 16
+    output_bytes: int = 1 << 20
+    tmpfs_mb: int = 64
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int | None
+    stdout: bytes
+    stderr: bytes
+    killed: str | None = None  # "timeout" | "output_limit" | None
+
+    @property
+    def ok(self) -> bool:
+        return self.killed is None and self.returncode == 0
+
+
+def _unshare_works() -> bool:
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+        return False
+    probe = subprocess.run(
+        ["unshare", "--mount", "--net", "--pid", "--fork", "--", "true"],
+        capture_output=True, timeout=10,
+    )
+    return probe.returncode == 0
+
+
+def detect_backend() -> str:
+    if shutil.which("bwrap"):
+        probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "true"],
+                               capture_output=True, timeout=10)
+        if probe.returncode == 0:
+            return "bwrap"
+    if _unshare_works():
+        return "unshare"
+    return "none"
+
+
+class Sandbox:
+    def __init__(self, backend: str, limits: Limits = Limits(), python: str | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown sandbox backend {backend!r}")
+        self.backend = backend
+        self.limits = limits
+        # the interpreter inside: this one (read-only in the sandbox), isolated mode
+        self.python = python or sys.executable
+
+    def _argv(self) -> list[str]:
+        py = [self.python, "-I", "-"]
+        if self.backend == "bwrap":
+            return ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc",
+                    "--dev", "/dev", "--unshare-all", "--die-with-parent", "--new-session",
+                    "--uid", str(NOBODY), "--gid", str(NOBODY), "--chdir", "/tmp",
+                    "--clearenv", *py]
+        if self.backend == "unshare":
+            inner = (
+                f"/usr/bin/mount -t tmpfs -o size={self.limits.tmpfs_mb}m,mode=1777 tmpfs /tmp && "
+                "/usr/bin/mount -o remount,bind,ro / && cd /tmp && "
+                f"exec /usr/bin/env -i /usr/bin/setpriv --reuid={NOBODY} --regid={NOBODY} "
+                "--clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "
+                + " ".join(py)
+            )
+            return ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child",
+                    "--mount-proc", "--", "/bin/sh", "-c", inner]
+        return py
+
+    def _rlimits(self) -> None:
+        lim = self.limits
+        resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_s, lim.cpu_s + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (lim.memory_mb << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.fsize_mb << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_NPROC, (lim.nproc,) * 2)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def run_python(self, source: str) -> RunResult:
+        """Run ``source`` (fed on stdin) under the limits; never raises for what the
+        program does."""
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"} if self.backend != "none" else {}
+        proc = subprocess.Popen(
+            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, cwd="/", start_new_session=True, preexec_fn=self._rlimits,
+        )
+        try:
+            proc.stdin.write(source.encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        out, err, killed = self._collect(proc)
+        return RunResult(proc.returncode, out, err, killed)
+
+    def _collect(self, proc: subprocess.Popen) -> tuple[bytes, bytes, str | None]:
+        deadline = time.monotonic() + self.limits.wall_s
+        buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+        killed = None
+        with selectors.DefaultSelector() as sel:
+            for f in buffers:
+                sel.register(f, selectors.EVENT_READ)
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    killed = "timeout"
+                    break
+                for key, _ in sel.select(timeout=min(remaining, 0.5)):
+                    data = os.read(key.fileobj.fileno(), 65536)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                        continue
+                    buffers[key.fileobj] += data
+                    if sum(map(len, buffers.values())) > self.limits.output_bytes:
+                        killed = "output_limit"
+                        break
+                if killed:
+                    break
+        # Always: children that outlived the program (a fork bomb's) go with its group.
+        _kill_group(proc)
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            killed = killed or "timeout"
+            _kill_group(proc)
+            proc.wait()
+        for f in buffers:
+            f.close()
+        cap = self.limits.output_bytes
+        return bytes(buffers[proc.stdout][:cap]), bytes(buffers[proc.stderr][:cap]), killed
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def make_sandbox(limits: Limits = Limits(), *, allow_unsandboxed: bool = False,
+                 backend: str | None = None) -> Sandbox:
+    """The strongest available backend; ``none`` only when explicitly allowed."""
+    chosen = backend or detect_backend()
+    if chosen == "none" and not allow_unsandboxed:
+        raise SandboxUnavailable(
+            "no sandbox for generated code: install bubblewrap (`bwrap`) or run as root with "
+            "util-linux `unshare`/`setpriv`; or set [actor] allow_unsandboxed_code = true "
+            "to run model output without isolation")
+    if chosen == "none":
+        log.warning("running generated code WITHOUT a sandbox (allowed by configuration)")
+    else:
+        log.info("generated code runs in the %r sandbox", chosen)
+    return Sandbox(chosen, limits)

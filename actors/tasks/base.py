@@ -1,0 +1,51 @@
+"""A task: a source of problems plus a verifier.
+
+``Task.verify(completion, fields)`` scores one completion; ``fields`` carries what the
+verifier needs (the answer; for code the prompt, tests and entry point). The same fields
+come from a task's own problems or from a line of a JSONL file (``hsd verify``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt_id: str  # stable id (the peer bank's key)
+    prompt: str | list[dict[str, str]]  # what the policy sees
+    answer: str | None  # reference answer (verifier, OPSD/HSD teacher)
+    fields: dict[str, Any] = field(default_factory=dict)  # what the verifier needs
+    reference: str | None = None  # a full reference solution, where the task has one
+
+
+@dataclass(frozen=True)
+class Score:
+    reward: float
+    success: bool
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reward": self.reward, "success": self.success, "error": self.error}
+
+
+class Task(ABC):
+    name: str
+
+    @abstractmethod
+    def problems(self, split: str = "train", seed: int = 0) -> Iterator[Problem]:
+        """Problems of a split ("train" or "test"); train may be endless."""
+
+    @abstractmethod
+    def verify(self, completion: str, fields: dict[str, Any]) -> Score:
+        """Score one completion; never raises for anything the completion contains."""
+
+    def problem(self, prompt_id: str) -> Problem:
+        """The problem with this id (the actor scores by id); tasks with an index override."""
+        raise KeyError(prompt_id)
+
+    def score(self, completion: str, problem: Problem) -> Score:
+        return self.verify(completion, {"answer": problem.answer, **problem.fields})

@@ -1,0 +1,200 @@
+"""The actor against a real Redis and a real weight service."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from prometheus_client import CollectorRegistry
+
+from actors.actor import Actor, JoinRefused
+from actors.engines.hf import HFEngine
+from actors.tasks import make_task
+from actors.tasks.arith import ArithTask
+from services.codec import decode_group, encode_prompt
+from services.config import config_hash, load_config
+from services.metrics import ActorMetrics
+from services.records import PromptItem
+from services.redis_client import connect
+from services.streams import ACTORS_GROUP, PROMPT_FIELD, ROLLOUT_FIELD, Keys, ensure_group
+from services.weights_server import WeightServer
+
+
+def _overrides(run: str, model_dir) -> list[str]:
+    return [f'run.name="{run}"', f'model.path="{model_dir}"', "actor.group_size=3",
+            "model.max_response_tokens=12", "redis.block_ms=200", "redis.claim_timeout_s=1.5"]
+
+
+def _announce(client, config, server: WeightServer) -> None:
+    client.hset(Keys(config.run.name).state, mapping={
+        "weights": server.address, "config_hash": config_hash(config), "version": 0})
+
+
+_problems = ArithTask().problems("train", seed=1)
+
+
+def _admit(client, run: str, n: int) -> list[str]:
+    """Enqueue n fresh prompts (no learner here to retire groups, so no admission window)."""
+    keys = Keys(run)
+    ensure_group(client, keys.prompts, ACTORS_GROUP)
+    ids = []
+    for _ in range(n):
+        p = next(_problems)
+        client.xadd(keys.prompts, {PROMPT_FIELD: encode_prompt(PromptItem(p.prompt_id, "arith", p.prompt, p.answer, 0))})
+        ids.append(p.prompt_id)
+    return ids
+
+
+def _groups(client, run: str):
+    return [decode_group(f[ROLLOUT_FIELD]) for _, f in client.xrange(Keys(run).rollouts)]
+
+
+@pytest.fixture
+def weight_server(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    server = WeightServer(port=0).start()
+    server.publish(0, AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict())
+    yield server
+    server.stop(grace=0)
+
+
+def _actor(client, config, tiny_model_dir, registry=None) -> Actor:
+    return Actor(config, client, HFEngine(str(tiny_model_dir)), make_task("arith"),
+                 actor_id="a0", metrics=ActorMetrics(registry or CollectorRegistry()))
+
+
+def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_dir, weight_server):
+    config = load_config(environ={}, overrides=_overrides("actor1", tiny_model_dir))
+    _announce(client, config, weight_server)
+    admitted = _admit(client, "actor1", 2)
+    registry = CollectorRegistry()
+    actor = _actor(client, config, tiny_model_dir, registry)
+    assert actor.readiness()[0] is False
+    actor.join()
+    assert actor.readiness()[0] and actor.engine.version == 0
+    while len(_groups(client, "actor1")) < 2:
+        actor.step(block_ms=200)
+    groups = _groups(client, "actor1")
+    assert sorted(g.prompt_id for g in groups) == sorted(admitted)
+    for g in groups:
+        assert g.policy_version == 0 and g.size == 3 and g.actor == "a0"
+        for s in g.samples:
+            assert len(s.ids) == len(s.logprobs) and 1 <= len(s.ids) <= 12
+            assert np.all(np.isfinite(s.logprobs)) and np.all(s.logprobs <= 0)
+            assert s.reward in (0.0, 1.0) and s.finish in ("stop", "length")
+    assert client.xlen(Keys("actor1").prompts) == 0  # acknowledged with their groups
+
+    # a new version: loaded between batches, and the next group says so
+    new = {k: v * 0.5 for k, v in actor.engine.model.state_dict().items()}
+    weight_server.publish(1, new)
+    deadline = time.monotonic() + 30
+    while actor.follower.pending() is None:  # the Watch stream announces it
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    _admit(client, "actor1", 1)
+    while len(_groups(client, "actor1")) < 3 and time.monotonic() < deadline:
+        actor.step(block_ms=200)
+    assert _groups(client, "actor1")[-1].policy_version == 1
+    assert torch.equal(actor.engine.model.state_dict()["model.norm.weight"], new["model.norm.weight"])
+    assert registry.get_sample_value("hsd_actor_weight_sync_seconds_count") == 2
+    assert registry.get_sample_value("hsd_actor_groups_total") == 3
+    assert registry.get_sample_value("hsd_actor_policy_version") == 1
+
+
+def test_an_actor_with_another_config_refuses_to_join(client, tiny_model_dir, weight_server):
+    config = load_config(environ={}, overrides=_overrides("actor2", tiny_model_dir))
+    _announce(client, config, weight_server)
+    other = load_config(environ={}, overrides=[*_overrides("actor2", tiny_model_dir), "actor.temperature=0.5"])
+    with pytest.raises(JoinRefused, match="differs"):
+        _actor(client, other, tiny_model_dir).join(timeout_s=5)
+
+
+def test_a_malformed_prompt_is_dead_lettered_and_the_actor_goes_on(client, tiny_model_dir, weight_server):
+    config = load_config(environ={}, overrides=_overrides("actor3", tiny_model_dir))
+    _announce(client, config, weight_server)
+    keys = Keys("actor3")
+    client.xadd(keys.prompts, {b"p": b"\xc1 not msgpack"})
+    _admit(client, "actor3", 1)
+    actor = _actor(client, config, tiny_model_dir)
+    actor.join()
+    while len(_groups(client, "actor3")) < 1:
+        actor.step(block_ms=200)
+    [(_, letter)] = client.xrange(keys.deadletter)
+    assert letter[b"reason"] == b"not_msgpack"
+    assert client.xlen(keys.prompts) == 0
+
+
+def _spawn_actor(redis_url: str, run: str, model_dir, actor_id: str, tmp_path) -> tuple[subprocess.Popen, str]:
+    metrics_file = tmp_path / f"{actor_id}.url"
+    cmd = [sys.executable, "-m", "services.cli", "actor", "--redis-url", redis_url, "--run", run,
+           "--actor-id", actor_id, "--metrics-file", str(metrics_file)]
+    for o in _overrides(run, model_dir):
+        cmd += ["--set", o]
+    with open(tmp_path / f"{actor_id}.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 60
+    while not metrics_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{actor_id}.log").read_text()
+        time.sleep(0.1)
+    return proc, metrics_file.read_text()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.mark.slow
+def test_actor_process_health_metrics_sigterm_and_reclaim_after_kill_9(
+        redis_server, tiny_model_dir, weight_server, tmp_path):
+    client = connect(redis_server.url)
+    config = load_config(environ={}, overrides=_overrides("actor4", tiny_model_dir))
+    _announce(client, config, weight_server)
+    proc, url = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "p1", tmp_path)
+    deadline = time.monotonic() + 60
+    while _get(url + "/healthz")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    admitted = _admit(client, "actor4", 4)
+    while len(_groups(client, "actor4")) < 4:
+        assert time.monotonic() < deadline + 60
+        time.sleep(0.1)
+    status, text = _get(url + "/metrics")
+    assert status == 200 and "hsd_actor_groups_total 4.0" in text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+
+    # kill -9 while prompts are pending for it: another actor reclaims them
+    victim, _ = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "victim", tmp_path)
+    while _get(_.strip() + "/healthz")[0] != 200:
+        time.sleep(0.1)
+    more = _admit(client, "actor4", 4)
+    keys = Keys("actor4")
+    deadline = time.monotonic() + 60
+    while not client.xpending(keys.prompts, "actors")["pending"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    rescuer, _ = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "rescuer", tmp_path)
+    try:
+        deadline = time.monotonic() + 90
+        while len(_groups(client, "actor4")) < 8:
+            assert time.monotonic() < deadline, "prompts of the killed actor were lost"
+            time.sleep(0.2)
+        assert sorted(g.prompt_id for g in _groups(client, "actor4")) == sorted(admitted + more)
+        assert client.xlen(keys.prompts) == 0
+    finally:
+        rescuer.send_signal(signal.SIGTERM)
+        rescuer.wait(timeout=30)

@@ -1,0 +1,119 @@
+"""Verifiers on real data, and the code sandbox against escapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from actors.sandbox import Limits, make_sandbox
+from actors.tasks import make_task
+from actors.tasks.code import CodeVerifier
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return make_task("humaneval")
+
+
+def test_humaneval_canonical_solutions_pass_and_truncated_ones_fail(humaneval):
+    problems = [humaneval.problem(f"HumanEval/{i}") for i in range(164)]
+    passed = [humaneval.score(p.reference, p).success for p in problems]
+    assert all(passed), [p.prompt_id for p, ok in zip(problems, passed, strict=True) if not ok]
+    truncated = [humaneval.score(p.reference[: len(p.reference) // 2], p) for p in problems[:40]]
+    assert not any(s.success for s in truncated)
+    assert all(s.error for s in truncated)
+
+
+def test_gsm8k_answers(tmp_path):
+    task = make_task("gsm8k")
+    problems = list(task.by_id.values())
+    assert len(problems) == 100
+    for p in problems:
+        assert task.score(f"Reasoning...\n#### {p.answer}", p).success, p.prompt_id
+        assert not task.score(f"#### {int(float(p.answer)) + 1}", p).success, p.prompt_id
+    assert task.score("The answer is $\\boxed{18}$.", problems[0].__class__(
+        "x", "q", "18")).success
+
+
+def test_gym_chain_sum_scorer():
+    pytest.importorskip("reasoning_gym")
+    task = make_task("gym:chain_sum")
+    p = next(task.problems("train"))
+    assert task.score(f"steps... #### {p.answer}", p).success
+    assert not task.score("#### 123456789", p).success
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    return make_sandbox(Limits(wall_s=5, cpu_s=5, memory_mb=512, nproc=32, fsize_mb=1,
+                               output_bytes=64 << 10))
+
+
+ESCAPES = {
+    "write outside the work dir": "open('/etc/hsd-escape', 'w').write('x')",
+    "open a socket": "import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+    "fork bomb": "import os\nwhile True:\n    os.fork()",
+    "memory bomb": "x = bytearray(8 << 30)",
+    "infinite loop": "while True:\n    pass",
+    "huge output": "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)",
+    "huge file": "open('big', 'wb').write(b'x' * (64 << 20))",
+    "read the host's secrets from env": "import os; assert 'HSD_SECRET' in os.environ",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+def test_sandbox_escapes_score_zero_with_no_side_effect(name, sandbox, tmp_path, monkeypatch):
+    monkeypatch.setenv("HSD_SECRET", "s3cret")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    code = ESCAPES[name].format(port=listener.getsockname()[1])
+    verifier = CodeVerifier(sandbox)
+    score = verifier.verify(code, {"test": "def check(f):\n    pass", "entry_point": "print"})
+    assert score.reward == 0.0 and not score.success and score.error
+    assert not os.path.exists("/etc/hsd-escape")
+    with pytest.raises(TimeoutError):
+        listener.accept()  # nothing got through
+    listener.close()
+    assert _no_process_of(65534), "a sandboxed process outlived its run"
+
+
+def _no_process_of(uid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not subprocess.run(["pgrep", "-u", str(uid)], capture_output=True).stdout.split():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_harmless_program_passes(sandbox):
+    assert CodeVerifier(sandbox).verify("def f():\n    return 2", {"test": "def check(g):\n    assert g() == 2",
+                                                                     "entry_point": "f"}).success
+
+
+def test_hsd_verify_cli_writes_a_line_per_input_and_a_summary(tmp_path, humaneval):
+    rows = []
+    for i in (0, 1, 2):
+        p = humaneval.problem(f"HumanEval/{i}")
+        rows.append({"prompt": p.fields["prompt"], "completion": p.reference, "test": p.fields["test"],
+                     "entry_point": p.fields["entry_point"]})
+    rows[1]["completion"] = "    return None\n"
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    out = tmp_path / "out.jsonl"
+    done = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--task", "code", "--input", str(src),
+                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line.get("success") for line in lines[:4]] == [True, False, True, False]
+    assert "not JSON" in lines[3]["error"]
+    assert lines[4]["summary"]["n"] == 4 and lines[4]["summary"]["successes"] == 2
+    bad = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--task", "nope", "--input", str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown task" in bad.stderr
