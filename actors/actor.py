@@ -116,6 +116,7 @@ class Actor:
                 raise TimeoutError("no weights could be loaded from the weight service")
             self.stop_event.wait(0.2)
         self.metrics.policy_version.set(self.engine.version)
+        log.info("loaded weight version %d", self.engine.version)
         self.ready.set()
         log.info("actor %s joined run %s at version %d", self.actor_id, self.keys.run, self.engine.version)
 
@@ -148,6 +149,7 @@ class Actor:
             return 0
         if self.follower and self.follower.sync():
             self.metrics.policy_version.set(self.engine.version)
+            log.info("loaded weight version %d", self.engine.version)
         entries = self.prompts.read(self.config.actor.prompts_per_batch,
                                     block_ms if block_ms is not None else self.config.redis.block_ms)
         work: list[tuple[bytes, PromptItem]] = []

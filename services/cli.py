@@ -116,7 +116,6 @@ def cmd_actor(args: argparse.Namespace) -> int:
     from actors.engines import make_engine
     from actors.tasks import make_task
     from learner.tiny_model import resolve_model
-    from services.http import MetricsServer
     from services.redis_client import connect
 
     engine = make_engine(config.actor.engine, resolve_model(config.model.path), dtype=config.model.dtype,
@@ -125,14 +124,7 @@ def cmd_actor(args: argparse.Namespace) -> int:
                      allow_unsandboxed=config.actor.allow_unsandboxed_code)
     actor = Actor(config, connect(config.redis.url, config.redis.retry_seconds), engine, task,
                   actor_id=args.actor_id)
-    metrics = None
-    if config.metrics.enabled:
-        metrics = MetricsServer(config.metrics.host, config.metrics.port, ready=actor.readiness).start()
-        log.info("actor %s metrics at %s", actor.actor_id, metrics.url)
-        if args.metrics_file:
-            from pathlib import Path
-
-            Path(args.metrics_file).write_text(metrics.url)
+    metrics = _serve_metrics(config, actor.readiness, args.metrics_file)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: actor.stop())
     try:
@@ -143,6 +135,83 @@ def cmd_actor(args: argparse.Namespace) -> int:
     finally:
         if metrics:
             metrics.stop()
+    return EXIT_OK
+
+
+def _serve_metrics(config, ready, metrics_file: str | None):
+    from services.http import MetricsServer
+
+    if not config.metrics.enabled:
+        return None
+    server = MetricsServer(config.metrics.host, config.metrics.port, ready=ready).start()
+    if metrics_file:
+        from pathlib import Path
+
+        Path(metrics_file).write_text(server.url)
+    return server
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    from pathlib import Path
+
+    extra: dict[str, Any] = {"run": {"steps": args.steps}} if args.steps else {}
+    config = _load(args, extra)
+    if not config.redis.url:
+        print("hsd learner: no Redis: set [redis] url (or HSD_REDIS__URL); `hsd run` starts one for you",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from learner.service import Learner
+    from learner.tiny_model import resolve_model
+    from services.config import to_toml
+    from services.redis_client import connect
+
+    log.info("resolved configuration:\n%s", to_toml(config))
+    learner = Learner(config, connect(config.redis.url, config.redis.retry_seconds),
+                      resolve_model(config.model.path), resume=args.resume).start()
+    metrics = _serve_metrics(config, lambda: (True, f"ok: version {learner.version}"), args.metrics_file)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: learner.stop())
+    try:
+        learner.run()
+        summary = learner.summary()
+        Path(config.run.dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.run.dir) / "learner-summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        learner.close()
+        if metrics:
+            metrics.stop()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+    import signal
+
+    extra: dict[str, Any] = {}
+    if args.method:
+        extra["algorithm"] = {"method": args.method}
+    if args.steps:
+        extra["run"] = {"steps": args.steps}
+    if args.run_dir:
+        extra.setdefault("run", {})["dir"] = args.run_dir
+    config = _load(args, extra)
+    from learner.tiny_model import resolve_model
+    from services.launcher import Launcher
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    model_path = resolve_model(config.model.path)
+    summary = Launcher(config, args.actors, model_path).run()
+    rewards = summary["reward_mean_by_step"]
+    print(json.dumps({k: summary[k] for k in ("steps", "final_version", "method", "groups", "wall_seconds")}))
+    if rewards:
+        k = max(1, len(rewards) // 4)
+        print(f"mean reward: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps "
+              f"{sum(rewards[-k:]) / k:.3f}; summary in {config.run.dir}/summary.json")
     return EXIT_OK
 
 
@@ -157,8 +226,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
     # name, help, handler, takes config flags
-    ("run", "all-in-one: embedded Redis, learner and actors on this machine", _not_built(7), True),
-    ("learner", "the learner service (training, weight service, replay)", _not_built(6), True),
+    ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, True),
+    ("learner", "the learner service (training, weight service, replay)", cmd_learner, True),
     ("actor", "a rollout actor that joins a running run (many may)", cmd_actor, True),
     ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, True),
     ("credit", "per-token credit of a response against a peer or answer", _not_built(7), False),
@@ -180,6 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if takes_config:
             _config_flags(p)
+        if name == "run":
+            p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt"])
+            p.add_argument("--steps", type=int, help="optimiser steps to train")
+            p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
+            p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
+        if name == "learner":
+            p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+            p.add_argument("--steps", type=int, help="train until this many steps are committed")
+            p.add_argument("--metrics-file", help="write the metrics URL here once serving")
         if name == "actor":
             p.add_argument("--join", metavar="RUN_DIR", help="join the run whose endpoints.json is here")
             p.add_argument("--redis-url", help="the run's Redis (instead of --join)")

@@ -123,6 +123,12 @@ class AlgorithmConfig(_Section):
     silence_tau: Annotated[float, Field(gt=0)] = 0.05
 
     @model_validator(mode="after")
+    def _method_has_a_signal(self) -> AlgorithmConfig:
+        if self.method == "grpo" and self.advantage == "none":
+            raise ValueError("method grpo needs advantage grpo or dr_grpo (none leaves no signal)")
+        return self
+
+    @model_validator(mode="after")
     def _bands(self) -> AlgorithmConfig:
         if self.is_rho_min >= self.is_rho_max:
             raise ValueError(
@@ -285,8 +291,9 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def to_toml(config: Config) -> str:
-    """The resolved config as TOML (secrets masked), for logs and ``hsd config``."""
+def to_toml(config: Config, mask_secrets: bool = True) -> str:
+    """The resolved config as TOML, for logs and ``hsd config`` (secrets masked) or for
+    the processes of a run to read (``mask_secrets=False``)."""
     lines: list[str] = []
     for section in SECTIONS:
         lines.append(f"[{section}]")
@@ -294,7 +301,7 @@ def to_toml(config: Config) -> str:
             if value is None:
                 lines.append(f"# {key} unset")
                 continue
-            if key == "token":
+            if key == "token" and mask_secrets:
                 value = "***"
             lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")

@@ -59,3 +59,51 @@ class ActorMetrics:
             registry=registry)
         self.rejected_prompts = Counter(
             "hsd_actor_rejected_prompts", "Malformed prompt entries dead-lettered", registry=registry)
+
+
+class LearnerMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.step = Gauge("hsd_learner_step", "Optimiser steps committed", registry=registry)
+        self.policy_version = Gauge("hsd_learner_policy_version", "Current policy version",
+                                    registry=registry)
+        self.step_seconds = Histogram("hsd_learner_step_seconds", "Wall time of a training step",
+                                      buckets=SECONDS, registry=registry)
+        self.tokens_per_second = Gauge("hsd_learner_tokens_per_second",
+                                       "Response tokens trained per second of step time", registry=registry)
+        self.loss = Gauge("hsd_learner_loss", "Loss of the last step", registry=registry)
+        self.staleness = Histogram("hsd_learner_staleness_versions", "v − v_b of trained groups",
+                                   buckets=(0, 1, 2, 3, 4, 6, 8, 16), registry=registry)
+        self.importance_ratio = Histogram(
+            "hsd_learner_importance_ratio", "Mean π_θold/μ per step",
+            buckets=(0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0), registry=registry)
+        self.is_masked_fraction = Gauge("hsd_learner_is_masked_fraction",
+                                        "Fraction of tokens whose IS weight is 0", registry=registry)
+        self.teacher_kl = Gauge("hsd_learner_teacher_kl", "Sampled KL(π_θ ‖ π_T) on distilled tokens",
+                                registry=registry)
+        self.idle_fraction = Gauge("hsd_learner_idle_fraction",
+                                   "Fraction of wall time spent waiting for batches", registry=registry)
+        self.reward = Gauge("hsd_learner_reward_mean", "Mean reward of the last batch", registry=registry)
+
+
+class CreditMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.abs_mean = Gauge("hsd_credit_abs_mean", "Mean |δ_t| over distilled tokens of the last step",
+                              registry=registry)
+        self.divergence_mass = Histogram(
+            "hsd_credit_divergence_mass", "Share of Σ|δ| within w tokens of the divergence (HSD)",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), registry=registry)
+        self.peak_offset = Histogram(
+            "hsd_credit_peak_offset_tokens", "argmax|δ| − divergence position (HSD)",
+            buckets=(-32, -8, -4, -2, -1, 0, 1, 2, 4, 8, 32), registry=registry)
+        self.silence_fraction = Gauge("hsd_credit_silence_fraction",
+                                      "Fraction of distilled tokens with |δ| < τ", registry=registry)
+
+
+class WeightsMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.version = Gauge("hsd_weights_version", "Newest published weight version", registry=registry)
+        self.publish_seconds = Gauge("hsd_weights_publish_seconds",
+                                     "Time to snapshot and hash the last published version",
+                                     registry=registry)
+        self.bytes_sent = Counter("hsd_weights_bytes_sent", "Weight bytes streamed to actors",
+                                  registry=registry)

@@ -4,11 +4,11 @@ Group lifecycle (the learner's side of the rollout stream)::
 
     XADD by an actor
       └─► read (pending in Redis, owned by this consumer)
-            ├─ malformed ─► dead-lettered with its reason + raw bytes; acked, retired
-            ├─ stale (v − v_b > η) ─► dropped; acked, retired
+            ├─ malformed ─► dead-lettered with its reason + raw bytes; acked
+            ├─ stale (v − v_b > η) ─► dropped; acked
             └─ decoded, peer-tagged ─► buffered ──next_batch()──► in a batch
-                                                                    ├─ commit() after the optimiser
-                                                                    │  step: acked + deleted, retired
+                                                                    ├─ commit() once the step is
+                                                                    │  durable: acked + deleted
                                                                     └─ (crash) still pending in Redis:
                                                                        re-read on restart
 
@@ -37,7 +37,6 @@ from services.streams import (
     LEARNER_GROUP,
     ROLLOUT_FIELD,
     Keys,
-    PromptAdmission,
     StreamConsumer,
     dead_letter,
     stream_lag,
@@ -118,14 +117,12 @@ class ReplayBuffer:
         keys: Keys,
         settings: ReplaySettings,
         *,
-        admission: PromptAdmission | None = None,
         metrics: ReplayMetrics | None = None,
         consumer: str = "learner-0",
     ) -> None:
         self.client = client
         self.keys = keys
         self.s = settings
-        self.admission = admission
         self.metrics = metrics or ReplayMetrics()
         self.consumer = StreamConsumer(
             client, keys.rollouts, LEARNER_GROUP, consumer, claim_idle_ms=settings.claim_idle_ms
@@ -186,12 +183,9 @@ class ReplayBuffer:
         self._retire([entry_id], "malformed", pipe)
 
     def _retire(self, ids: list[bytes], reason: str | None, pipe=None) -> None:
-        """Ack + delete + count as retired, in one MULTI."""
-        own = pipe is None
-        pipe = self.client.pipeline(transaction=True) if own else pipe
+        """Ack + delete (in one MULTI with whatever ``pipe`` holds) and count the drop."""
+        pipe = self.client.pipeline(transaction=True) if pipe is None else pipe
         self.consumer.ack(ids, pipe)
-        if self.admission is not None:
-            self.admission.retire(len(ids), pipe)
         pipe.execute()
         if reason is not None:
             self.metrics.dropped.labels(reason).inc(len(ids))
@@ -221,7 +215,7 @@ class ReplayBuffer:
             self._retire([t.entry_id for t in stale], "stale")
 
     def commit(self, batch: list[TaggedGroup]) -> None:
-        """After the optimiser step that used ``batch`` is committed: ack, delete, retire."""
+        """Once the optimiser step that used ``batch`` is durable: ack and delete."""
         self._retire([t.entry_id for t in batch], None)
         self._observe()
 

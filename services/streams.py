@@ -31,6 +31,7 @@ ACTORS_GROUP = "actors"
 LEARNER_GROUP = "learner"
 PROMPT_FIELD = b"p"
 ROLLOUT_FIELD = b"r"
+GENERATED = "generated"  # state-hash field: groups actors have written
 DEADLETTER_MAXLEN = 100_000  # rejected entries are kept for inspection, not as work
 
 
@@ -183,17 +184,19 @@ def publish_group(
     pipe = client.pipeline(transaction=True)
     pipe.xadd(keys.rollouts, payload)
     prompt_consumer.ack([prompt_entry], pipe)
+    pipe.hincrby(keys.state, GENERATED, 1)  # an independent count for the run's accounting
     return pipe.execute()[0]
 
 
 class PromptAdmission:
     """Admission control: at most ``capacity`` = (η+1)·B groups in flight.
 
-    in flight = admitted − retired, both counters in the run's state hash (so a restarted
-    learner keeps counting). A group retires when the learner commits or drops it.
+    Acknowledged entries are deleted, so in-flight work is derived, not counted:
+    in flight = XLEN(prompts) + XLEN(rollouts) − ``settled``, where ``settled`` is the
+    number of groups the learner has trained whose acknowledgement waits for the next
+    checkpoint. After a crash those are re-read and trained again, and the formula stays
+    right without any counter to repair.
     """
-
-    ADMITTED, RETIRED = "admitted", "retired"
 
     def __init__(self, client: redis.Redis, keys: Keys, capacity: int) -> None:
         if capacity < 1:
@@ -203,23 +206,22 @@ class PromptAdmission:
         self.capacity = capacity
         ensure_group(client, keys.prompts, ACTORS_GROUP)
 
-    def in_flight(self) -> int:
-        admitted, retired = self.client.hmget(self.keys.state, self.ADMITTED, self.RETIRED)
-        return int(admitted or 0) - int(retired or 0)
+    def in_flight(self, settled: int = 0) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.keys.prompts)
+        pipe.xlen(self.keys.rollouts)
+        prompts, rollouts = pipe.execute()
+        return int(prompts) + int(rollouts) - settled
 
-    def admit(self, next_prompt: Callable[[], PromptItem]) -> int:
+    def admit(self, next_prompt: Callable[[], PromptItem], settled: int = 0) -> int:
         """Admit prompts from ``next_prompt`` until the window is full; returns how many."""
-        room = self.capacity - self.in_flight()
-        for _ in range(max(room, 0)):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(self.keys.prompts, {PROMPT_FIELD: encode_prompt(next_prompt())})
-            pipe.hincrby(self.keys.state, self.ADMITTED, 1)
+        room = max(self.capacity - self.in_flight(settled), 0)
+        if room:
+            pipe = self.client.pipeline(transaction=False)
+            for _ in range(room):
+                pipe.xadd(self.keys.prompts, {PROMPT_FIELD: encode_prompt(next_prompt())})
             pipe.execute()
-        return max(room, 0)
-
-    def retire(self, n: int, pipe: redis.client.Pipeline | None = None) -> None:
-        if n:
-            (pipe if pipe is not None else self.client).hincrby(self.keys.state, self.RETIRED, n)
+        return room
 
 
 def stream_lag(client: redis.Redis, stream: str) -> int:

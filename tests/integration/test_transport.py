@@ -115,7 +115,7 @@ def test_malformed_entries_are_dead_lettered_while_good_ones_flow(client):
         client.xadd(keys.rollouts, {ROLLOUT_FIELD: good(i)})
         client.xadd(keys.rollouts, fields)
     replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=4, vocab_size=100),
-                          admission=admission, metrics=ReplayMetrics(registry))
+                          metrics=ReplayMetrics(registry))
     batch = replay.next_batch(0, timeout_s=5)
     assert [t.group.group_id for t in batch] == ["00", "01", "02", "03"]
     letters = client.xrange(keys.deadletter)
@@ -124,7 +124,7 @@ def test_malformed_entries_are_dead_lettered_while_good_ones_flow(client):
     assert _metric(registry, "hsd_replay_dropped_total", reason="malformed") == 4
     assert _metric(registry, "hsd_replay_groups_ingested_total") == 4
     replay.commit(batch)
-    assert admission.in_flight() == 100 - 8
+    assert admission.in_flight() == 100  # the prompts themselves were never taken by an actor
     assert client.xlen(keys.rollouts) == 0
 
 
@@ -205,10 +205,14 @@ def test_admission_keeps_at_most_eta_plus_one_batches_in_flight(client):
     actor = StreamConsumer(client, keys.prompts, ACTORS_GROUP, "a")
     for entry, _ in actor.read(2):
         publish_group(client, keys, make_group(run="admit"), actor, entry)
-    replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=2), admission=admission,
+    replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=2),
                           metrics=ReplayMetrics(CollectorRegistry()))
     assert admission.admit(prompts.__next__) == 0  # generated but not yet trained: in flight
-    replay.commit(replay.next_batch(0, timeout_s=5))
+    batch = replay.next_batch(0, timeout_s=5)
+    assert admission.admit(prompts.__next__, settled=0) == 0
+    # trained, acknowledgement waiting for a checkpoint: settled, so room again
+    assert admission.in_flight(settled=2) == 2
+    replay.commit(batch)
     assert admission.in_flight() == 2
     assert admission.admit(prompts.__next__) == 2
 

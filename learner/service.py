@@ -1,0 +1,279 @@
+"""The learner service: admission → replay batch → teacher scoring + step → publish → ack.
+
+Lifecycle::
+
+    start: load the model (or the latest checkpoint with --resume), host the weight
+           service, publish the current version, write weights address + config hash +
+           version to hsd:{run}:state (actors join on that)
+    loop (until `steps` committed or stop()):
+        admit prompts while in flight < (η+1)·B
+        batch ← replay (stale groups dropped, malformed dead-lettered)
+        train step (teacher scoring, staleness-corrected loss, optimiser) → version + 1
+        publish version; metrics; credit log every N steps
+        every checkpoint_every steps: checkpoint, then XACK the groups it covers
+    end: final checkpoint + ack, summary, state status = done
+
+Acknowledging only after a checkpoint makes kill -9 safe: the groups of steps after the
+last checkpoint are still pending in Redis, and `--resume` re-reads and retrains them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import threading
+import time
+from collections import Counter as Tally
+from pathlib import Path
+from typing import Any
+
+import redis
+import torch
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from learner import checkpoint as ckpt
+from learner.batch import TrainingSample, build_samples
+from learner.context import assert_shared_vocabulary
+from learner.credit import credit_profile
+from learner.trainer import StepResult, TorchTrainer
+from services.config import Config, config_hash
+from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
+from services.records import PromptItem
+from services.replay import ReplayBuffer, ReplaySettings, TaggedGroup
+from services.streams import Keys, PromptAdmission
+from services.weights_server import WeightServer
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    def __init__(self, config: Config, client: redis.Redis, model_path: str, *, resume: bool = False,
+                 registry: CollectorRegistry = REGISTRY, prompts: Any = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.config = config
+        self.client = client
+        self.keys = Keys(config.run.name)
+        self.run_dir = Path(config.run.dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.stop_event = threading.Event()
+        torch.manual_seed(config.run.seed)
+        resume_from = ckpt.latest(self.ckpt_dir) if resume else None
+        load_from = str(resume_from / "model") if resume_from else model_path
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=config.model.trust_remote_code)
+        assert_shared_vocabulary(self.tokenizer, AutoTokenizer.from_pretrained(model_path))
+        self.model = AutoModelForCausalLM.from_pretrained(
+            load_from, dtype=dtype, trust_remote_code=config.model.trust_remote_code).to(device)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.trainer = TorchTrainer(self.model, config, pad)
+        self.step, self.version = 0, 0
+        if resume_from:
+            meta = ckpt.read_meta(resume_from)
+            ckpt.restore_trainer(resume_from, self.trainer.optimizer, self.trainer.teacher)
+            self.step, self.version = meta.step, meta.version
+            log.info("resumed from %s at step %d, version %d", resume_from, self.step, self.version)
+        self.metrics = LearnerMetrics(registry)
+        self.credit_metrics = CreditMetrics(registry)
+        self.weights_metrics = WeightsMetrics(registry)
+        self.replay = ReplayBuffer(client, self.keys, ReplaySettings.from_config(config, self.model.config.vocab_size),
+                                   metrics=ReplayMetrics(registry))
+        self.admission = PromptAdmission(client, self.keys,
+                                         (config.learner.max_staleness + 1) * config.learner.batch_groups)
+        self.prompts = prompts if prompts is not None else self._task_prompts()
+        w = config.weights
+        self.weights = WeightServer(
+            w.host, w.port, keep=w.keep_versions, chunk_bytes=w.chunk_bytes, token=w.token,
+            tls_cert=w.tls_cert, tls_key=w.tls_key,
+            on_publish=lambda snap, s: (self.weights_metrics.version.set(snap.version),
+                                        self.weights_metrics.publish_seconds.set(s)),
+            on_bytes_sent=self.weights_metrics.bytes_sent.inc)
+        self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
+        self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
+                                                "divergence_mass": [], "peak_offset": []}
+        self.trained_groups = 0
+        self.idle_s = 0.0
+
+    def _task_prompts(self):
+        from actors.tasks import make_task
+
+        task = make_task(self.config.actor.task)
+        for p in task.problems("train", seed=self.config.run.seed):
+            yield PromptItem(p.prompt_id, task.name, p.prompt, p.answer, self.version)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> Learner:
+        self.weights.start()
+        self._publish()
+        self.client.hset(self.keys.state, mapping={
+            "weights": self.weights.address, "config_hash": config_hash(self.config),
+            "version": self.version, "status": "running"})
+        self.metrics.step.set(self.step)
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        self.weights.stop(grace=1.0)
+
+    def _publish(self) -> None:
+        self.weights.publish(self.version, self.model.state_dict())
+        self.metrics.policy_version.set(self.version)
+
+    def run(self, steps: int | None = None) -> None:
+        target = steps if steps is not None else self.config.run.steps
+        progress = Progress(target)
+        started = time.monotonic()
+        while self.step < target and not self.stop_event.is_set():
+            self.admission.admit(lambda: next(self.prompts), settled=len(self.unacked))
+            wait = time.monotonic()
+            batch = self.replay.next_batch(self.version, timeout_s=1.0)
+            self.idle_s += time.monotonic() - wait
+            if batch is None:
+                continue
+            result = self.train(batch)
+            progress.show(self.step, result, self.history)
+            self.metrics.idle_fraction.set(self.idle_s / max(time.monotonic() - started, 1e-9))
+        self.checkpoint()
+        self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
+        progress.close()
+
+    # ------------------------------------------------------------------ one step
+
+    def train(self, batch: list[TaggedGroup]) -> StepResult:
+        samples = build_samples(batch, self.tokenizer, self.config.algorithm)
+        result = self.trainer.train_step(samples)
+        self.step += 1
+        self.version += 1
+        self._publish()
+        self.client.hset(self.keys.state, "version", self.version)
+        self.unacked.extend(batch)
+        self.trained_groups += len(batch)
+        self._observe(batch, samples, result)
+        every = self.config.learner.checkpoint_every
+        if every == 0:
+            self.replay.commit(self.unacked)  # no durability asked for: ack at once
+            self.unacked = []
+        elif self.step % every == 0:
+            self.checkpoint()
+        if self.config.learner.credit_log_every and self.step % self.config.learner.credit_log_every == 0:
+            self._credit_log(samples, result)
+        return result
+
+    def checkpoint(self) -> None:
+        if self.config.learner.checkpoint_every == 0:
+            return
+        acked = max((t.entry_id for t in self.unacked), key=_entry_order, default=b"").decode()
+        ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config)),
+                  self.model, self.tokenizer, self.trainer.optimizer, self.trainer.teacher.state_dict())
+        self.replay.commit(self.unacked)
+        self.unacked = []
+
+    def _observe(self, batch: list[TaggedGroup], samples: list[TrainingSample], result: StepResult) -> None:
+        m = result.metrics
+        self.metrics.step.set(self.step)
+        self.metrics.step_seconds.observe(result.seconds)
+        self.metrics.tokens_per_second.set(result.tokens / max(result.seconds, 1e-9))
+        self.metrics.loss.set(m["loss"])
+        self.metrics.importance_ratio.observe(m["rho_mean"])
+        self.metrics.is_masked_fraction.set(m["is_masked_fraction"])
+        self.metrics.teacher_kl.set(m["teacher_kl"])
+        self.metrics.reward.set(m["reward_mean"])
+        lags = [self.version - 1 - t.group.policy_version for t in batch]
+        for lag in lags:
+            self.metrics.staleness.observe(lag)
+        self.history["reward"].append(m["reward_mean"])
+        self.history["staleness"].append(statistics.fmean(lags))
+        profiles = self._profiles(samples, result)
+        if profiles:
+            abs_means = [p.abs_mean for p in profiles if p.abs_mean is not None]
+            silences = [p.silence for p in profiles if p.silence is not None]
+            if abs_means:
+                self.credit_metrics.abs_mean.set(statistics.fmean(abs_means))
+                self.history["abs_mean"].append(statistics.fmean(abs_means))
+            if silences:
+                self.credit_metrics.silence_fraction.set(statistics.fmean(silences))
+                self.history["silence"].append(statistics.fmean(silences))
+            for p in profiles:
+                if p.divergence_mass is not None:
+                    self.credit_metrics.divergence_mass.observe(p.divergence_mass)
+                    self.history["divergence_mass"].append(p.divergence_mass)
+                if p.peak_offset is not None:
+                    self.credit_metrics.peak_offset.observe(p.peak_offset)
+                    self.history["peak_offset"].append(p.peak_offset)
+
+    def _profiles(self, samples: list[TrainingSample], result: StepResult):
+        a = self.config.algorithm
+        return [credit_profile(delta, samples[k].student.response, samples[k].peer_ids,
+                               window=a.divergence_window, tau=a.silence_tau)
+                for k, delta in result.credit.items()]
+
+    def _credit_log(self, samples: list[TrainingSample], result: StepResult) -> None:
+        a = self.config.algorithm
+        path = self.run_dir / "credit.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for k, delta in result.credit.items():
+                s = samples[k]
+                y = s.student.response
+                profile = credit_profile(delta, y, s.peer_ids, window=a.divergence_window, tau=a.silence_tau)
+                f.write(json.dumps({
+                    "step": self.step, "method": a.method, "group_id": s.group_id, "index": s.index,
+                    "reward": s.reward, "peer": s.peer_ref,
+                    "tokens": self.tokenizer.convert_ids_to_tokens(y), "delta": [round(float(d), 5) for d in delta],
+                    "divergence": profile.divergence, "profile": profile.as_dict(),
+                }) + "\n")
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> dict[str, Any]:
+        dropped = Tally()
+        for sample in self.replay.metrics.dropped.collect()[0].samples:
+            if sample.name.endswith("_total"):
+                dropped[sample.labels["reason"]] = int(sample.value)
+        h = self.history
+
+        def mean(xs):
+            return statistics.fmean(xs) if xs else None
+
+        return {
+            "steps": self.step, "final_version": self.version, "method": self.config.algorithm.method,
+            "trained_groups": self.trained_groups, "dropped": dict(dropped),
+            "reward_mean_by_step": [round(r, 4) for r in h["reward"]],
+            "staleness_mean": mean(h["staleness"]),
+            "credit": {"abs_mean": mean(h["abs_mean"]), "silence": mean(h["silence"]),
+                       "divergence_mass": mean(h["divergence_mass"]), "peak_offset": mean(h["peak_offset"])},
+            "idle_seconds": self.idle_s,
+        }
+
+
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+class Progress:
+    """A single updating line on a terminal; a log line per step otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.tty = sys.stderr.isatty()
+
+    def show(self, step: int, result: StepResult, history: dict[str, list[float]]) -> None:
+        m = result.metrics
+        stale = history["staleness"][-1] if history["staleness"] else 0.0
+        line = (f"step {step}/{self.total} | reward {m['reward_mean']:.3f} | staleness {stale:.2f} | "
+                f"loss {m['loss']:+.4f} | {result.tokens / max(result.seconds, 1e-9):,.0f} tok/s")
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        else:
+            log.info(line)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)

@@ -1,0 +1,173 @@
+"""The torch training engine: one optimiser update per replay batch.
+
+Per micro-batch (grouped to a token budget), for each of ``epochs`` passes:
+
+1. teacher pass (no grad, first epoch only): log π_T(y_t | c, y_<t) at y's positions of the
+   teacher view, and for ``topk`` the teacher's top-k logits there;
+2. student pass (grad): log π_θ(y_t | x, y_<t); in the first epoch these, detached, are
+   π_θold — no separate forward;
+3. IS weights w_t from π_θold/μ, credit δ_t = log π_T − log π_θold, advantages
+   A_t = A_i + λ·δ_t (``sampled``) or A_i plus the top-k mixed KL (``topk``);
+4. loss normalised over the *global* batch (token count / sequence count of all
+   micro-batches), backward (gradients accumulate).
+
+Then gradient clipping, the optimiser step and the teacher policy's update. Logits are
+divided by the actors' sampling temperature so that π_θold is comparable with μ.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from learner.batch import TrainingSample, microbatches
+from learner.context import ScoringInput
+from learner.logprobs import pad_batch, response_logits, token_logprobs
+from learner.losses import policy_gradient_loss, supervised_loss, topk_distillation_loss
+from learner.staleness import importance_weights
+from learner.teacher import TeacherPolicy, make_teacher_policy
+from services.config import Config
+
+
+@dataclass
+class StepResult:
+    metrics: dict[str, float]
+    credit: dict[int, torch.Tensor] = field(default_factory=dict)  # sample index -> δ [n]
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], width: int, value: float = 0.0) -> torch.Tensor:
+    out = torch.full((len(rows), width), value)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+    return out
+
+
+class TorchTrainer:
+    def __init__(self, model: torch.nn.Module, config: Config, pad_id: int,
+                 teacher: TeacherPolicy | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.algo = config.algorithm
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.temperature = config.actor.temperature
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learner.lr,
+                                           weight_decay=config.learner.weight_decay)
+        self.teacher = teacher or make_teacher_policy(
+            self.algo.teacher, model, ema_decay=self.algo.teacher_ema_decay,
+            sync_every=self.algo.teacher_sync_every)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    def _forward(self, module: torch.nn.Module, inputs: Sequence[ScoringInput]):
+        ids, attn = pad_batch(inputs, self.pad_id, self.device)
+        with self.autocast:
+            logits = module(input_ids=ids, attention_mask=attn).logits
+        resp, resp_ids, mask = response_logits(logits, inputs)
+        resp = resp.float() / self.temperature
+        return token_logprobs(resp, resp_ids) * mask, resp, mask
+
+    def train_step(self, samples: Sequence[TrainingSample]) -> StepResult:
+        start = time.perf_counter()
+        self.model.train()
+        n_tok = sum(s.length for s in samples)
+        n_seq = len(samples)
+        norm = {"num_tokens": n_tok, "num_sequences": n_seq,
+                "constant_length": self.algo.constant_length or self.config.model.max_response_tokens}
+        groups = microbatches(samples, self.config.learner.microbatch_tokens)
+        teacher_lp: dict[int, torch.Tensor] = {}
+        teacher_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        old_lp: dict[int, torch.Tensor] = {}
+        totals: dict[str, float] = {"loss": 0.0}
+        is_stats: list[dict[str, float]] = []
+        for epoch in range(self.config.learner.epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for mb in groups:
+                batch = [samples[k] for k in mb]
+                if epoch == 0:
+                    self._score_teacher(mb, batch, teacher_lp, teacher_top)
+                logp, logits, mask = self._forward(self.model, [s.student for s in batch])
+                width = mask.shape[1]
+                if epoch == 0:
+                    for row, k in enumerate(mb):
+                        old_lp[k] = logp[row, : samples[k].length].detach().cpu()
+                old = _pad_rows([old_lp[k] for k in mb], width).to(self.device)
+                mu = _pad_rows([s.behaviour for s in batch], width).to(self.device)
+                w, stats = importance_weights(old, mu, mask, self.algo.is_mode,
+                                              self.algo.is_rho_max, self.algo.is_rho_min)
+                is_stats.append(stats)
+                loss = self._loss(mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm)
+                loss.backward()
+                totals["loss"] += float(loss.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.learner.grad_clip)
+            self.optimizer.step()
+        self.teacher.after_step(self.model)
+        credit = {k: teacher_lp[k] - old_lp[k] for k in teacher_lp}
+        metrics = self._metrics(samples, credit, is_stats, totals, float(grad_norm))
+        return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
+
+    @torch.no_grad()
+    def _score_teacher(self, mb, batch, teacher_lp, teacher_top) -> None:
+        rows = [(k, s) for k, s in zip(mb, batch, strict=True) if s.teacher is not None]
+        if not rows:
+            return
+        module = self.teacher.module(self.model)
+        was_training = module.training
+        module.eval()
+        logp, logits, _ = self._forward(module, [s.teacher for _, s in rows])
+        module.train(was_training)
+        for row, (k, s) in enumerate(rows):
+            teacher_lp[k] = logp[row, : s.length].cpu()
+            if self.algo.loss == "topk":
+                top = logits[row, : s.length].topk(min(self.algo.topk, logits.shape[-1]), dim=-1)
+                teacher_top[k] = (top.values.cpu(), top.indices.cpu())
+
+    def _loss(self, mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm) -> torch.Tensor:
+        width = mask.shape[1]
+        adv_i = torch.tensor([s.advantage for s in batch], device=self.device)
+        distilled = torch.tensor([k in teacher_lp for k in mb], device=self.device)
+        if self.algo.method == "srt":
+            return supervised_loss(logp, mask, self.algo.normalization, **norm)[0]
+        clip = {"clip_low": self.algo.ppo_clip_low, "clip_high": self.algo.ppo_clip_high}
+        if self.algo.loss == "sampled" and bool(distilled.any()):
+            t_lp = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(self.device)
+            delta = (t_lp - old) * distilled.unsqueeze(-1)
+            adv = adv_i.unsqueeze(-1) + self.algo.credit_coef * delta
+        else:
+            adv = adv_i.unsqueeze(-1).expand_as(logp)
+        loss = policy_gradient_loss(logp, old, adv, mask, w, normalization=self.algo.normalization,
+                                    **clip, **norm)[0]
+        if self.algo.loss == "topk" and bool(distilled.any()):
+            k = self.algo.topk
+            t_logits = torch.full((len(mb), width, logits.shape[-1]), float("-inf"), device=self.device)
+            for row, key in enumerate(mb):
+                if key in teacher_top:
+                    values, indices = teacher_top[key]
+                    t_logits[row, : values.shape[0]].scatter_(-1, indices.to(self.device), values.to(self.device))
+            kl_mask = mask & distilled.unsqueeze(-1)
+            t_logits = torch.where(kl_mask.unsqueeze(-1), t_logits, logits.detach())
+            loss = loss + topk_distillation_loss(
+                logits, t_logits, kl_mask, k=k, alpha=self.algo.topk_alpha, is_weights=w,
+                normalization=self.algo.normalization, **norm)[0]
+        return loss
+
+    def _metrics(self, samples, credit, is_stats, totals, grad_norm) -> dict[str, float]:
+        n = max(len(is_stats), 1)
+        deltas = torch.cat(list(credit.values())) if credit else torch.zeros(0)
+        return {
+            "loss": totals["loss"] / max(self.config.learner.epochs, 1),
+            "grad_norm": grad_norm,
+            "reward_mean": sum(s.reward for s in samples) / max(len(samples), 1),
+            "rho_mean": sum(s["rho_mean"] for s in is_stats) / n,
+            "rho_max": max((s["rho_max"] for s in is_stats), default=1.0),
+            "ess_fraction": sum(s["ess_fraction"] for s in is_stats) / n,
+            "is_masked_fraction": sum(s["masked_fraction"] for s in is_stats) / n,
+            # sampled estimate of KL(π_θ ‖ π_T) on the distilled tokens: E[log π_θ − log π_T]
+            "teacher_kl": float(-deltas.mean()) if deltas.numel() else 0.0,
+            "distilled_fraction": len(credit) / max(len(samples), 1),
+        }

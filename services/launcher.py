@@ -1,0 +1,152 @@
+"""``hsd run``: embedded Redis, the learner and K actors as separate processes on this machine.
+
+The same entry points (``hsd learner``, ``hsd actor``) that Kubernetes runs; everything is
+stopped by PID on exit or Ctrl-C. The run dir gets the resolved config, one log per
+process, ``endpoints.json`` once everything is up, the checkpoints, the credit log and
+``summary.json``.
+
+Process lifecycle::
+
+    redis ──► learner (publishes v0, writes state) ──► actors join ──► endpoints.json
+      ...training: the learner exits after `steps`...
+    actors: SIGTERM (each finishes its batch) ──► summary.json ──► redis stopped
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import Config, to_toml
+from services.redis_client import connect
+from services.redis_server import ensure_redis
+from services.streams import GENERATED, Keys
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 300
+
+
+class Launcher:
+    def __init__(self, config: Config, actors: int, model_path: str) -> None:
+        self.config = config
+        self.n_actors = actors
+        self.model_path = model_path
+        self.run_dir = Path(config.run.dir).resolve()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.server = None
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log_file = (self.run_dir / f"{name}.log").open("w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def _common(self, name: str) -> list[str]:
+        return ["--config", str(self.run_dir / "config.toml"), "--set", f'redis.url="{self.url}"',
+                "--set", f'run.dir="{self.run_dir}"', "--metrics-file", str(self.run_dir / f"{name}.metrics")]
+
+    def _wait_file(self, path: Path, proc: subprocess.Popen, name: str) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not path.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not start in {READY_TIMEOUT_S}s")
+            time.sleep(0.1)
+        return path.read_text().strip()
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.config.model_copy(deep=True)
+        resolved.model.path = self.model_path  # every process loads the same folder
+        config_file = self.run_dir / "config.toml"
+        config_file.touch(mode=0o600)  # it may hold the weight-service token
+        config_file.write_text(to_toml(resolved, mask_secrets=False))
+        self.url, self.server = ensure_redis(self.config.redis.url, self.run_dir / "redis")
+        client = connect(self.url, self.config.redis.retry_seconds)
+        keys = Keys(self.config.run.name)
+        client.delete(keys.state)
+        try:
+            learner = self._spawn("learner", ["learner", *self._common("learner")])
+            metrics = {"learner": self._wait_file(self.run_dir / "learner.metrics", learner, "learner")}
+            for i in range(self.n_actors):
+                name = f"actor-{i}"
+                self._spawn(name, ["actor", *self._common(name), "--run", self.config.run.name, "--actor-id", name])
+            for i in range(self.n_actors):
+                name = f"actor-{i}"
+                metrics[name] = self._wait_file(self.run_dir / f"{name}.metrics", self.procs[name], name)
+            weights = client.hget(keys.state, "weights").decode()
+            endpoints = {"redis": self.url, "run": self.config.run.name, "weights": weights, "metrics": metrics,
+                         "config": str(self.run_dir / "config.toml")}
+            (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+            log.info("run %s up: %s", self.config.run.name, self.run_dir / "endpoints.json")
+            code = learner.wait()
+            if code != 0:
+                raise RuntimeError(f"learner exited with {code}; see {self.run_dir / 'learner.log'}")
+            self._stop_actors()
+            return self._summary(client, keys, time.monotonic() - started)
+        finally:
+            self.shutdown()
+
+    def _stop_actors(self, timeout: float = 60.0) -> None:
+        actors = {n: p for n, p in self.procs.items() if n.startswith("actor-") and p.poll() is None}
+        for p in actors.values():
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, p in actors.items():
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing it", name)
+                p.kill()
+                p.wait()
+
+    def _summary(self, client, keys: Keys, wall: float) -> dict[str, Any]:
+        learner = json.loads((self.run_dir / "learner-summary.json").read_text())
+        generated = int(client.hget(keys.state, GENERATED) or 0)
+        in_flight = int(client.xlen(keys.rollouts))
+        summary = {
+            "steps": learner["steps"], "final_version": learner["final_version"], "method": learner["method"],
+            "groups": {"generated": generated, "trained": learner["trained_groups"],
+                       "dropped": learner["dropped"], "in_flight_at_exit": in_flight,
+                       "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
+            "reward_mean_by_step": learner["reward_mean_by_step"],
+            "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
+            "actor_versions": self._actor_versions(), "wall_seconds": round(wall, 2),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _actor_versions(self) -> dict[str, int]:
+        """The last weight version each actor loaded, from its log (it has exited)."""
+        out = {}
+        for name in self.procs:
+            if name.startswith("actor-"):
+                text = (self.run_dir / f"{name}.log").read_text()
+                loaded = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "loaded weight version" in line]
+                out[name] = max(loaded, default=-1)
+        return out
+
+    def shutdown(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.server is not None:
+            self.server.stop()
