@@ -83,7 +83,7 @@ class Learner:
                                    metrics=ReplayMetrics(registry))
         self.admission = PromptAdmission(client, self.keys,
                                          (config.learner.max_staleness + 1) * config.learner.batch_groups)
-        self.prompts = prompts if prompts is not None else self._task_prompts()
+        self.prompts = iter(prompts) if prompts is not None else self._task_prompts()
         w = config.weights
         self.weights = WeightServer(
             w.host, w.port, keep=w.keep_versions, chunk_bytes=w.chunk_bytes, token=w.token,
@@ -130,7 +130,7 @@ class Learner:
         progress = Progress(target)
         started = time.monotonic()
         while self.step < target and not self.stop_event.is_set():
-            self.admission.admit(lambda: next(self.prompts), settled=len(self.unacked))
+            self.admission.admit(self.prompts, settled=len(self.unacked))
             wait = time.monotonic()
             batch = self.replay.next_batch(self.version, timeout_s=1.0)
             self.idle_s += time.monotonic() - wait

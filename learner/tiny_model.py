@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 TINY = "tiny"
-TINY_VERSION = "v1"  # bump when the architecture or tokenizer changes
+TINY_VERSION = "v2"  # bump when the architecture, tokenizer or warm start changes
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -23,9 +23,9 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 DEFAULT_SIZES = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
     # vLLM's CPU attention kernels need head_dim >= 32
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
@@ -82,8 +82,9 @@ def cache_dir() -> Path:
 
 
 def resolve_model(path: str) -> str:
-    """A model path or hub id as is; ``tiny``: the built-in model, made once and cached
-    (a file lock makes concurrent first starts build it once)."""
+    """A model path or hub id as is; ``tiny``: the built-in model, built and warm-started
+    once and cached under $HSD_CACHE (a file lock makes concurrent first starts build it
+    once)."""
     if path != TINY:
         return path
     target = cache_dir() / "models" / f"tiny-{TINY_VERSION}"
@@ -91,7 +92,10 @@ def resolve_model(path: str) -> str:
     with open(target.parent / f".tiny-{TINY_VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
+            from learner.warm_start import warm_start
+
             tmp = target.with_name(target.name + f".tmp{os.getpid()}")
             build_tiny_model(tmp, seed=0)
+            warm_start(tmp)
             tmp.rename(target)
     return str(target)

@@ -169,5 +169,8 @@ class TorchTrainer:
             "is_masked_fraction": sum(s["masked_fraction"] for s in is_stats) / n,
             # sampled estimate of KL(π_θ ‖ π_T) on the distilled tokens: E[log π_θ − log π_T]
             "teacher_kl": float(-deltas.mean()) if deltas.numel() else 0.0,
+            # mean δ²: on a fixed batch the credit-as-advantage update is the gradient of
+            # ½·Σδ² in the student's log-probs, so this is what that term drives down
+            "credit_sq": float((deltas * deltas).mean()) if deltas.numel() else 0.0,
             "distilled_fraction": len(credit) / max(len(samples), 1),
         }

@@ -196,6 +196,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["run"] = {"steps": args.steps}
     if args.run_dir:
         extra.setdefault("run", {})["dir"] = args.run_dir
+    if args.config is None:
+        from pathlib import Path
+
+        args.config = str(Path(__file__).with_name("embedded.toml"))
     config = _load(args, extra)
     from learner.tiny_model import resolve_model
     from services.launcher import Launcher

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Config, to_toml
+from services.process import die_with_parent
 from services.redis_client import connect
 from services.redis_server import ensure_redis
 from services.streams import GENERATED, Keys
@@ -45,9 +46,11 @@ class Launcher:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log_file = (self.run_dir / f"{name}.log").open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
+        # but never outliving the launcher, even if it is killed with -9
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log_file,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         self.procs[name] = proc
         return proc
 
@@ -88,7 +91,8 @@ class Launcher:
                 metrics[name] = self._wait_file(self.run_dir / f"{name}.metrics", self.procs[name], name)
             weights = client.hget(keys.state, "weights").decode()
             endpoints = {"redis": self.url, "run": self.config.run.name, "weights": weights, "metrics": metrics,
-                         "config": str(self.run_dir / "config.toml")}
+                         "config": str(self.run_dir / "config.toml"),
+                         "pids": {name: p.pid for name, p in self.procs.items()}}
             (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
             log.info("run %s up: %s", self.config.run.name, self.run_dir / "endpoints.json")
             code = learner.wait()

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from services.process import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -83,6 +85,7 @@ class EmbeddedRedis:
         return self.process.pid if self.process else None
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        """Start (from a long-lived thread: the server is stopped when that thread ends)."""
         if self.process is not None and self.process.poll() is None:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,8 @@ class EmbeddedRedis:
         # Own session: a Ctrl-C in the launching terminal reaches us, not the server;
         # we stop it in order, by PID.
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
         log.info("embedded redis pid %d at %s (data %s)", self.pid, self.url, self.data_dir)

@@ -63,7 +63,6 @@ class ReplaySettings:
     peer_fallback: str = "answer"
     peer_bank_size: int = 4
     peer_bank_max_age: int = 4  # versions
-    claim_idle_ms: int = 60_000
     seed: int = 0
 
     @classmethod
@@ -78,7 +77,6 @@ class ReplaySettings:
             peer_fallback=a.peer_fallback,
             peer_bank_size=a.peer_bank_size,
             peer_bank_max_age=a.peer_bank_max_age,
-            claim_idle_ms=int(config.redis.claim_timeout_s * 1000),
             seed=config.run.seed,
         )
 
@@ -124,9 +122,9 @@ class ReplayBuffer:
         self.keys = keys
         self.s = settings
         self.metrics = metrics or ReplayMetrics()
-        self.consumer = StreamConsumer(
-            client, keys.rollouts, LEARNER_GROUP, consumer, claim_idle_ms=settings.claim_idle_ms
-        )
+        # the learner is the group's only consumer: it adopts what is pending at start and
+        # never auto-claims (see StreamConsumer)
+        self.consumer = StreamConsumer(client, keys.rollouts, LEARNER_GROUP, consumer, claim_idle_ms=None)
         self.bank = PeerBank(client, keys, settings.peer_bank_size, settings.peer_bank_max_age)
         self.buffer: deque[TaggedGroup] = deque()
 

@@ -14,10 +14,11 @@ undelivered or in progress: XLEN is the lag, and nothing that still matters is t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import redis
@@ -71,8 +72,14 @@ class StreamConsumer:
                                     │ owner dies; idle > claim_idle_ms
                                     └──read() of another consumer (XAUTOCLAIM) ──► pending (new owner)
 
-    A consumer restarted under the same name first re-reads its own pending entries
-    (what it had read but not acknowledged), then idle entries of dead peers, then new ones.
+    One of many (actors, ``claim_idle_ms`` set): a consumer restarted under the same name
+    first re-reads its own pending entries, and from then on also takes over entries idle
+    longer than ``claim_idle_ms`` (a dead peer's), then new ones.
+
+    The only one (the learner, ``claim_idle_ms=None``): at start it adopts every pending
+    entry of the group, whoever held it (a previous learner under any name), and never
+    auto-claims afterwards — it must not take back entries it holds itself while they wait
+    for a checkpoint.
     """
 
     def __init__(
@@ -82,30 +89,41 @@ class StreamConsumer:
         group: str,
         consumer: str,
         *,
-        claim_idle_ms: int = 60_000,
+        claim_idle_ms: int | None = 60_000,
     ) -> None:
         self.client = client
         self.stream = stream
         self.group = group
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
-        self._own_pending = True  # re-read what this consumer name left unacknowledged
+        self._recovering = True  # first: what was read before and never acknowledged
+        self._cursor = "0-0"
         self._next_claim = 0.0
         ensure_group(client, stream, group)
 
     def read(self, count: int, block_ms: int | None = None) -> list[Entry]:
         """Up to ``count`` entries; blocks up to ``block_ms`` only when nothing is pending."""
-        if self._own_pending:
-            entries = self._xreadgroup("0", count, None)
+        if self._recovering:
+            entries = self._recover(count)
             if entries:
                 return entries
-            self._own_pending = False
-        if time.monotonic() >= self._next_claim:
+        if self.claim_idle_ms is not None and time.monotonic() >= self._next_claim:
             claimed = self._autoclaim(count)
             if claimed:
                 return claimed
             self._next_claim = time.monotonic() + self.claim_idle_ms / 2000
         return self._xreadgroup(">", count, block_ms)
+
+    def _recover(self, count: int) -> list[Entry]:
+        if self.claim_idle_ms is not None:  # one of many: only its own
+            entries = self._xreadgroup("0", count, None)
+            self._recovering = bool(entries)
+            return entries
+        reply = self.client.xautoclaim(self.stream, self.group, self.consumer, 0, self._cursor, count=count)
+        self._cursor = reply[0]
+        if self._cursor in (b"0-0", "0-0"):
+            self._recovering = False
+        return self._live(reply[1])
 
     def _xreadgroup(self, start: str, count: int, block_ms: int | None) -> list[Entry]:
         reply = self.client.xreadgroup(
@@ -213,15 +231,17 @@ class PromptAdmission:
         prompts, rollouts = pipe.execute()
         return int(prompts) + int(rollouts) - settled
 
-    def admit(self, next_prompt: Callable[[], PromptItem], settled: int = 0) -> int:
-        """Admit prompts from ``next_prompt`` until the window is full; returns how many."""
+    def admit(self, prompts: Iterator[PromptItem], settled: int = 0) -> int:
+        """Admit from ``prompts`` until the window is full (or the source runs out);
+        returns how many were admitted."""
         room = max(self.capacity - self.in_flight(settled), 0)
-        if room:
+        items = list(itertools.islice(prompts, room))
+        if items:
             pipe = self.client.pipeline(transaction=False)
-            for _ in range(room):
-                pipe.xadd(self.keys.prompts, {PROMPT_FIELD: encode_prompt(next_prompt())})
+            for item in items:
+                pipe.xadd(self.keys.prompts, {PROMPT_FIELD: encode_prompt(item)})
             pipe.execute()
-        return room
+        return len(items)
 
 
 def stream_lag(client: redis.Redis, stream: str) -> int:

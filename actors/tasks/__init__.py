@@ -36,17 +36,17 @@ def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = F
         return gsm8k_task(timeout_s)
     if name == "humaneval":
         from actors.sandbox import Limits
-        from actors.tasks.code import HumanEvalTask
+        from actors.tasks.code import humaneval_task
 
-        return HumanEvalTask(limits=Limits(wall_s=timeout_s), allow_unsandboxed=allow_unsandboxed)
+        return humaneval_task(limits=Limits(wall_s=timeout_s), allow_unsandboxed=allow_unsandboxed)
     if name == "math":
         from actors.tasks.math import MathVerifier
 
         return _VerifierOnly("math", MathVerifier(timeout_s))
     if name.startswith("math:"):
-        from actors.tasks.math import JsonlMathTask
+        from actors.tasks.math import jsonl_math_task
 
-        return JsonlMathTask.from_file(name.split(":", 1)[1], timeout_s=timeout_s)
+        return jsonl_math_task(name.split(":", 1)[1], timeout_s=timeout_s)
     if name == "code":
         from actors.sandbox import Limits, make_sandbox
         from actors.tasks.code import CodeVerifier
@@ -54,7 +54,7 @@ def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = F
         sandbox = make_sandbox(Limits(wall_s=timeout_s), allow_unsandboxed=allow_unsandboxed)
         return _VerifierOnly("code", CodeVerifier(sandbox))
     if name.startswith("gym:"):
-        from actors.tasks.gym import GymTask
+        from actors.tasks.gym import gym_task
 
-        return GymTask(name.split(":", 1)[1])
+        return gym_task(name.split(":", 1)[1])
     raise ValueError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")

@@ -57,7 +57,7 @@ def is_test(expr: str) -> bool:
 class ArithTask(Task):
     name = "arith"
 
-    def __init__(self, terms: tuple[int, int] = (3, 3), max_operand: int = 9) -> None:
+    def __init__(self, terms: tuple[int, int] = (2, 3), max_operand: int = 9) -> None:
         self.terms = terms
         self.max_operand = max_operand
 

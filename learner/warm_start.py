@@ -1,0 +1,86 @@
+"""The tiny model's warm start: a short supervised pass on the arithmetic task's *train*
+split, so that it starts partly right and has the in-context skills a pretrained LLM
+brings to the teacher roles. The mixture (fractions of a batch):
+
+- 0.55 plain: prompt → reference solution (the task itself);
+- 0.15 peer: HSD teacher view with a correct solution of the same problem → that solution
+  (reading a successful peer);
+- 0.10 answer: OPSD teacher view with the reference answer → the solution;
+- 0.20 revision: SD-Zero reviser view of a wrong attempt with "Wait, this response is
+  wrong…" → the correct solution; of a correct one with "Let me rephrase…" → itself.
+
+Held-out (test split) problems are never seen: no answer of the evaluation set leaks in.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from learner.context import hsd_input, opsd_input, sdzero_input, student_input
+from learner.logprobs import score_responses
+from learner.losses import supervised_loss
+from services.prompts import render_prompt_ids
+
+log = logging.getLogger(__name__)
+MIXTURE = (("plain", 0.55), ("peer", 0.15), ("answer", 0.10), ("revision", 0.20))
+
+
+def corrupt(solution: str, rng: random.Random) -> str:
+    """A plausible wrong attempt: one number of the solution changed, and the rest
+    (including the final answer) recomputed no further — a wrong path."""
+    numbers = list(re.finditer(r"\d+", solution))
+    m = rng.choice(numbers)
+    wrong = str(int(m.group()) + rng.choice([-2, -1, 1, 2, 3]))
+    return solution[: m.start()] + wrong.lstrip("-") + solution[m.end():]
+
+
+def _example(kind: str, tokenizer, problem, rng: random.Random):
+    eos = [tokenizer.eos_token_id]
+    y = tokenizer.encode(problem.reference, add_special_tokens=False) + eos
+    if kind == "plain":
+        return student_input(render_prompt_ids(tokenizer, problem.prompt), y)
+    if kind == "peer":
+        return hsd_input(tokenizer, problem.prompt, y, problem.reference)
+    if kind == "answer":
+        return opsd_input(tokenizer, problem.prompt, y, problem.answer)
+    if rng.random() < 0.5:
+        attempt = tokenizer.encode(corrupt(problem.reference, rng), add_special_tokens=False) + eos
+        view = sdzero_input(tokenizer, problem.prompt, attempt, success=False)
+        return student_input(view.ids[: view.start], y)  # wrong attempt, then the correction
+    return sdzero_input(tokenizer, problem.prompt, y, success=True)
+
+
+def warm_start(model_dir: str | Path, *, steps: int = 500, batch: int = 32, lr: float = 3e-3,
+               seed: int = 0) -> None:
+    """Train the model in ``model_dir`` in place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from actors.tasks.arith import ArithTask
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    problems = ArithTask().problems("train", seed=seed)
+    kinds, weights = zip(*MIXTURE, strict=True)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start = time.monotonic()
+    log.info("warm-starting the tiny model (%d steps, once; cached afterwards)", steps)
+    for step in range(steps):
+        inputs = [_example(rng.choices(kinds, weights)[0], tokenizer, next(problems), rng) for _ in range(batch)]
+        logprobs, _, mask = score_responses(model, inputs, tokenizer.pad_token_id)
+        loss, _ = supervised_loss(logprobs, mask)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info("warm start %d/%d loss %.3f (%.0fs)", step + 1, steps, loss.item(), time.monotonic() - start)
+    model.save_pretrained(model_dir)

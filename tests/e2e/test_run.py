@@ -1,0 +1,108 @@
+"""`hsd run` as a user runs it: a few steps, a live scrape, injected garbage, a kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import redis
+
+from services.streams import ROLLOUT_FIELD, Keys
+
+DESIGN_METRICS = {
+    "actor": ["hsd_actor_groups_total", "hsd_actor_samples_total", "hsd_actor_tokens_total",
+              "hsd_actor_generate_seconds", "hsd_actor_reward", "hsd_actor_policy_version",
+              "hsd_actor_weight_sync_seconds"],
+    "learner": ["hsd_replay_groups_ingested_total", "hsd_replay_dropped_total", "hsd_replay_buffered_groups",
+                "hsd_replay_peer_coverage", "hsd_queue_lag_entries", "hsd_learner_step",
+                "hsd_learner_policy_version", "hsd_learner_step_seconds", "hsd_learner_tokens_per_second",
+                "hsd_learner_loss", "hsd_learner_staleness_versions", "hsd_learner_importance_ratio",
+                "hsd_learner_is_masked_fraction", "hsd_learner_teacher_kl", "hsd_learner_idle_fraction",
+                "hsd_credit_abs_mean", "hsd_credit_divergence_mass", "hsd_credit_peak_offset_tokens",
+                "hsd_credit_silence_fraction", "hsd_weights_version", "hsd_weights_publish_seconds",
+                "hsd_weights_bytes_sent_total"],
+}
+
+
+def exported_names(text: str) -> set[str]:
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            names.add(name + "_total" if kind == "counter" and not name.endswith("_total") else name)
+    return names
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.mark.slow
+def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "services.cli", "run", "--steps", "8", "--actors", "2", "--run-dir", str(run_dir),
+           "--set", f'model.path="{tiny_model_dir}"', "--set", "actor.group_size=4",
+           "--set", "model.max_response_tokens=16", "--set", "learner.checkpoint_every=3",
+           "--set", "learner.max_staleness=3", "--set", "redis.claim_timeout_s=2",
+           "--set", "learner.credit_log_every=2", "--set", "learner.lr=1e-3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 240
+        while not (run_dir / "endpoints.json").exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        endpoints = json.loads((run_dir / "endpoints.json").read_text())
+        assert set(endpoints["metrics"]) == {"learner", "actor-0", "actor-1"}
+        client = redis.Redis.from_url(endpoints["redis"])
+        keys = Keys(endpoints["run"])
+        # wait for a couple of steps, so that every metric has been touched
+        while int(client.hget(keys.state, "version") or 0) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        for role, url in endpoints["metrics"].items():
+            missing = set(DESIGN_METRICS["actor" if role.startswith("actor") else "learner"]) - \
+                exported_names(_scrape(url))
+            assert not missing, f"{role} does not export {sorted(missing)}"
+        for raw in (b"\xc1 garbage", b"\x80"):
+            client.xadd(keys.rollouts, {ROLLOUT_FIELD: raw})
+        client.xadd(keys.rollouts, {b"wrong-field": b"x"})
+        os.kill(endpoints["pids"]["actor-1"], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the launcher stops its children by PID
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert proc.returncode == 0, out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["final_version"] == 8
+    g = summary["groups"]
+    injected = 3
+    assert g["dropped"]["malformed"] == injected
+    assert g["generated"] + injected == g["trained"] + sum(g["dropped"].values()) + g["in_flight_at_exit"]
+    assert g["trained"] == 8 * 2  # steps × batch_groups of the embedded config
+    assert summary["actor_versions"]["actor-0"] > 0  # it loaded newer weights than it started with
+    assert len(summary["reward_mean_by_step"]) == 8
+    assert set(summary) >= {"steps", "final_version", "method", "groups", "reward_mean_by_step", "staleness_mean",
+                            "credit", "wall_seconds"}
+    credit_lines = [json.loads(line) for line in (run_dir / "credit.jsonl").read_text().splitlines()]
+    assert credit_lines and {"tokens", "delta", "divergence", "reward", "peer"} <= set(credit_lines[0])
+    assert len(credit_lines[0]["tokens"]) == len(credit_lines[0]["delta"])
+    assert (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+    for name in ("learner.log", "actor-0.log", "actor-1.log", "config.toml"):
+        assert (run_dir / name).exists()
+    from transformers import AutoModelForCausalLM
+
+    last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    assert AutoModelForCausalLM.from_pretrained(last / "model") is not None
