@@ -115,10 +115,14 @@ class Actor:
             if time.monotonic() > deadline:
                 raise TimeoutError("no weights could be loaded from the weight service")
             self.stop_event.wait(0.2)
-        self.metrics.policy_version.set(self.engine.version)
-        log.info("loaded weight version %d", self.engine.version)
+        self._loaded()
         self.ready.set()
         log.info("actor %s joined run %s at version %d", self.actor_id, self.keys.run, self.engine.version)
+
+    def _loaded(self) -> None:
+        self.metrics.policy_version.set(self.engine.version)
+        self.client.hset(self.keys.actors, self.actor_id, self.engine.version)
+        log.info("loaded weight version %d", self.engine.version)
 
     def readiness(self) -> tuple[bool, str]:
         if self.ready.is_set():
@@ -148,8 +152,7 @@ class Actor:
         if self.stop_event.is_set():
             return 0
         if self.follower and self.follower.sync():
-            self.metrics.policy_version.set(self.engine.version)
-            log.info("loaded weight version %d", self.engine.version)
+            self._loaded()
         entries = self.prompts.read(self.config.actor.prompts_per_batch,
                                     block_ms if block_ms is not None else self.config.redis.block_ms)
         work: list[tuple[bytes, PromptItem]] = []

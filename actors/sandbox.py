@@ -68,6 +68,16 @@ class RunResult:
         return self.killed is None and self.returncode == 0
 
 
+def sandbox_python() -> str:
+    """The interpreter the sandbox runs (read-only, ``-I``: stdlib only): the real binary
+    behind this venv's python, since the sandbox's fresh /tmp hides anything under /tmp —
+    a venv there included."""
+    real = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    if real == "/tmp" or real.startswith("/tmp/"):
+        raise SandboxUnavailable(f"the interpreter {real} lies under /tmp, which the sandbox replaces")
+    return real
+
+
 def _unshare_works() -> bool:
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
         return False
@@ -95,8 +105,7 @@ class Sandbox:
             raise ValueError(f"unknown sandbox backend {backend!r}")
         self.backend = backend
         self.limits = limits
-        # the interpreter inside: this one (read-only in the sandbox), isolated mode
-        self.python = python or sys.executable
+        self.python = python or sandbox_python()
 
     def _argv(self) -> list[str]:
         py = [self.python, "-I", "-"]

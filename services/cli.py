@@ -19,10 +19,6 @@ EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("hsd")
 
 
-class NotBuilt(RuntimeError):
-    """A subcommand of the design that this build does not provide yet."""
-
-
 def _config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file (DESIGN §4)")
     p.add_argument(
@@ -39,15 +35,6 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from services.config import load_config
 
     return load_config(args.config, overrides=args.overrides, extra=extra)
-
-
-def _not_built(issue: int) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        if hasattr(args, "config"):
-            _load(args)  # bad config still fails first, naming the field
-        raise NotBuilt(f"`hsd {args.command}` is not built yet (tracked in issue {issue})")
-
-    return command
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
@@ -228,16 +215,84 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], bool]] = [
-    # name, help, handler, takes config flags
-    ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, True),
-    ("learner", "the learner service (training, weight service, replay)", cmd_learner, True),
-    ("actor", "a rollout actor that joins a running run (many may)", cmd_actor, True),
-    ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, True),
-    ("credit", "per-token credit of a response against a peer or answer", _not_built(7), False),
-    ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, False),
-    ("top", "live terminal view of a run's metrics", _not_built(7), False),
-    ("config", "print the resolved configuration and its hash", cmd_config, True),
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt"])
+    p.add_argument("--steps", type=int, help="optimiser steps to train")
+    p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
+    p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
+
+
+def _metrics_file_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-file", help="write the metrics URL here once serving")
+
+
+def _learner_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--steps", type=int, help="train until this many steps are committed")
+    _metrics_file_flag(p)
+
+
+def _actor_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--join", metavar="RUN_DIR", help="join the run whose endpoints.json is here")
+    p.add_argument("--redis-url", help="the run's Redis (instead of --join)")
+    p.add_argument("--run", help="the run's name (instead of --join)")
+    p.add_argument("--actor-id", help="consumer name (default: host-pid-random)")
+    _metrics_file_flag(p)
+
+
+def _verify_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME")
+    p.add_argument("--input", required=True, metavar="FILE.jsonl")
+    p.add_argument("--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="run code without a sandbox when none is available (unsafe)")
+
+
+def _credit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a Hugging Face model folder, or `tiny`")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--response", required=True)
+    teacher = p.add_mutually_exclusive_group()
+    teacher.add_argument("--peer", help="a successful peer response (hsd)")
+    teacher.add_argument("--answer", help="the reference answer (opsd)")
+    teacher.add_argument("--reward", type=float, help="the response's reward, 0 or 1 (sdzero)")
+    p.add_argument("--method", choices=["hsd", "opsd", "sdzero"])
+    p.add_argument("--json", action="store_true", help="print tokens, delta, divergence and both id lists")
+    p.add_argument("--png", metavar="FILE", help="write a bar plot of δ_t")
+
+
+def _top_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run dir (its endpoints.json)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from services.top import main as top_main
+
+    return top_main(args.run_dir, args.interval, args.once)
+
+
+def cmd_credit(args: argparse.Namespace) -> int:
+    from learner.credit_cli import main as credit_main
+
+    return credit_main(args)
+
+
+Flags = Callable[[argparse.ArgumentParser], None]
+COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
+    ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, _run_flags),
+    ("learner", "the learner service (training, weight service, replay)", cmd_learner, _learner_flags),
+    ("actor", "a rollout actor that joins a running run (many may)", cmd_actor, _actor_flags),
+    ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, _config_flags),
+    ("credit", "per-token credit of a response against a peer or answer", cmd_credit, _credit_flags),
+    ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, _verify_flags),
+    ("top", "live terminal view of a run's metrics", cmd_top, _top_flags),
+    ("config", "print the resolved configuration and its hash", cmd_config, _config_flags),
 ]
 
 
@@ -249,33 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text, handler, takes_config in COMMANDS:
+    for name, help_text, handler, add_flags in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if takes_config:
-            _config_flags(p)
-        if name == "run":
-            p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt"])
-            p.add_argument("--steps", type=int, help="optimiser steps to train")
-            p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
-            p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
-        if name == "learner":
-            p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
-            p.add_argument("--steps", type=int, help="train until this many steps are committed")
-            p.add_argument("--metrics-file", help="write the metrics URL here once serving")
-        if name == "actor":
-            p.add_argument("--join", metavar="RUN_DIR", help="join the run whose endpoints.json is here")
-            p.add_argument("--redis-url", help="the run's Redis (instead of --join)")
-            p.add_argument("--run", help="the run's name (instead of --join)")
-            p.add_argument("--actor-id", help="consumer name (default: host-pid-random)")
-            p.add_argument("--metrics-file", help="write the metrics URL here once serving")
-        if name == "verify":
-            p.add_argument("--task", required=True,
-                           help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME")
-            p.add_argument("--input", required=True, metavar="FILE.jsonl")
-            p.add_argument("--output", metavar="FILE", help="default: stdout")
-            p.add_argument("--workers", type=int, default=4)
-            p.add_argument("--allow-unsandboxed", action="store_true",
-                           help="run code without a sandbox when none is available (unsafe)")
+        add_flags(p)
         p.set_defaults(handler=handler)
     return parser
 
@@ -293,9 +324,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"hsd {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except NotBuilt as err:
-        print(f"hsd: {err}", file=sys.stderr)
-        return EXIT_RUNTIME
     except KeyboardInterrupt:
         return 130
 

@@ -79,7 +79,7 @@ class Launcher:
         self.url, self.server = ensure_redis(self.config.redis.url, self.run_dir / "redis")
         client = connect(self.url, self.config.redis.retry_seconds)
         keys = Keys(self.config.run.name)
-        client.delete(keys.state)
+        client.delete(keys.state, keys.actors)
         try:
             learner = self._spawn("learner", ["learner", *self._common("learner")])
             metrics = {"learner": self._wait_file(self.run_dir / "learner.metrics", learner, "learner")}
@@ -127,20 +127,11 @@ class Launcher:
                        "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
             "reward_mean_by_step": learner["reward_mean_by_step"],
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
-            "actor_versions": self._actor_versions(), "wall_seconds": round(wall, 2),
+            "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
+            "wall_seconds": round(wall, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
-
-    def _actor_versions(self) -> dict[str, int]:
-        """The last weight version each actor loaded, from its log (it has exited)."""
-        out = {}
-        for name in self.procs:
-            if name.startswith("actor-"):
-                text = (self.run_dir / f"{name}.log").read_text()
-                loaded = [int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if "loaded weight version" in line]
-                out[name] = max(loaded, default=-1)
-        return out
 
     def shutdown(self) -> None:
         for p in self.procs.values():

@@ -6,7 +6,8 @@ Keys of a run (DESIGN §2)::
     hsd:{run}:rollouts    stream, consumer group `learner`  (field r: RolloutGroup)
     hsd:{run}:deadletter  stream of rejected entries        (reason, detail, raw, source)
     hsd:{run}:peers:{id}  list, the peer bank of one prompt
-    hsd:{run}:state       hash: version, weights address, config hash, admission counters
+    hsd:{run}:state       hash: version, weights address, config hash, groups generated
+    hsd:{run}:actors      hash: actor id -> weight version it generates with
 
 An entry is deleted once it is acknowledged, so a stream holds exactly the work that is
 undelivered or in progress: XLEN is the lag, and nothing that still matters is trimmed.
@@ -55,6 +56,10 @@ class Keys:
     @property
     def state(self) -> str:
         return f"hsd:{self.run}:state"
+
+    @property
+    def actors(self) -> str:
+        return f"hsd:{self.run}:actors"
 
     def peers(self, prompt_id: str) -> str:
         return f"hsd:{self.run}:peers:{prompt_id}"

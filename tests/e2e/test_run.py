@@ -72,6 +72,11 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
             missing = set(DESIGN_METRICS["actor" if role.startswith("actor") else "learner"]) - \
                 exported_names(_scrape(url))
             assert not missing, f"{role} does not export {sorted(missing)}"
+        top = subprocess.run([sys.executable, "-m", "services.cli", "top", str(run_dir), "--once", "--interval", "1"],
+                             capture_output=True, text=True, timeout=60)
+        assert top.returncode == 0, top.stderr
+        assert "learner  step" in top.stdout and "actor-0" in top.stdout and "actor-1" in top.stdout
+        assert "(unreachable)" not in top.stdout
         for raw in (b"\xc1 garbage", b"\x80"):
             client.xadd(keys.rollouts, {ROLLOUT_FIELD: raw})
         client.xadd(keys.rollouts, {b"wrong-field": b"x"})

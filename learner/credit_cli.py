@@ -1,0 +1,122 @@
+"""``hsd credit``: the per-token credit δ_t of one response under a model.
+
+    hsd credit --model DIR --prompt P --response R (--peer Y | --answer A | --reward 0/1)
+               [--method hsd|opsd|sdzero] [--json] [--png FILE]
+
+The response is tokenized once; the student sees x ++ y, the teacher c ++ y (for sdzero
+the reviser view, read on the second copy). ``--json`` prints the ids of both sequences,
+whose common suffix is y, so anyone can recompute δ_t with two plain forward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import torch
+
+from learner.context import hsd_input, opsd_input, sdzero_input, student_input
+from learner.credit import divergence_position
+from learner.logprobs import score_responses
+from services.prompts import render_prompt_ids
+
+METHOD_FOR_INPUT = {"peer": "hsd", "answer": "opsd", "reward": "sdzero"}
+
+
+def compute(model: Any, tokenizer: Any, prompt: str, response: str, method: str, *,
+            peer: str | None = None, answer: str | None = None, reward: float | None = None) -> dict[str, Any]:
+    y = tokenizer.encode(response, add_special_tokens=False)
+    if not y:
+        raise ValueError("the response is empty")
+    student = student_input(render_prompt_ids(tokenizer, prompt), y)
+    divergence = None
+    if method == "hsd":
+        if peer is None:
+            raise ValueError("--method hsd needs --peer")
+        teacher = hsd_input(tokenizer, prompt, y, peer)
+        divergence = divergence_position(y, tokenizer.encode(peer, add_special_tokens=False))
+    elif method == "opsd":
+        if answer is None:
+            raise ValueError("--method opsd needs --answer")
+        teacher = opsd_input(tokenizer, prompt, y, answer)
+    elif method == "sdzero":
+        if reward is None:
+            raise ValueError("--method sdzero needs --reward")
+        teacher = sdzero_input(tokenizer, prompt, y, success=reward > 0.5)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        s_lp, _, _ = score_responses(model, [student], pad)
+        t_lp, _, _ = score_responses(model, [teacher], pad)
+    delta = (t_lp[0] - s_lp[0]).tolist()
+    return {"tokens": tokenizer.convert_ids_to_tokens(y), "delta": [round(d, 6) for d in delta],
+            "divergence": divergence, "student_ids": student.ids, "teacher_ids": teacher.ids}
+
+
+def colour(tokens: list[str], delta: list[float], divergence: int | None) -> str:
+    """Tokens on a red (δ < 0: the teacher disagrees) / green (δ > 0) background, brighter
+    with |δ|; the divergence position is underlined."""
+    scale = max((abs(d) for d in delta), default=1.0) or 1.0
+    out = []
+    for t, (tok, d) in enumerate(zip(tokens, delta, strict=True)):
+        level = min(int(abs(d) / scale * 5), 4)
+        bg = (52, 88, 124, 160, 196)[level] if d < 0 else (22, 28, 34, 40, 46)[level]
+        underline = "\033[4m" if t == divergence else ""
+        out.append(f"\033[48;5;{bg}m{underline}{tok.replace(chr(10), '⏎')}\033[0m")
+    return "".join(out)
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("--png needs matplotlib (pip install matplotlib)") from err
+    delta = result["delta"]
+    fig, ax = plt.subplots(figsize=(max(6, len(delta) * 0.35), 3))
+    ax.bar(range(len(delta)), delta, color=["tab:red" if d < 0 else "tab:green" for d in delta])
+    ax.set_xticks(range(len(delta)), [t.replace("\n", "\\n") for t in result["tokens"]], fontsize=7)
+    if result["divergence"] is not None:
+        ax.axvline(result["divergence"], color="black", linestyle="--", label="divergence")
+        ax.legend()
+    ax.set_ylabel("δ_t = log π_T − log π_θ")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args) -> int:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from learner.tiny_model import resolve_model
+
+    given = [k for k in METHOD_FOR_INPUT if getattr(args, k) is not None]
+    method = args.method or (METHOD_FOR_INPUT[given[0]] if given else None)
+    if method is None:
+        print("hsd credit: give --peer, --answer or --reward (or --method)", file=sys.stderr)
+        return 2
+    path = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    try:
+        result = compute(model, tokenizer, args.prompt, args.response, method,
+                         peer=args.peer, answer=args.answer, reward=args.reward)
+    except ValueError as err:
+        print(f"hsd credit: {err}", file=sys.stderr)
+        return 2
+    if args.png:
+        plot(result, args.png)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(colour(result["tokens"], result["delta"], result["divergence"]))
+        d = result["delta"]
+        peak = max(range(len(d)), key=lambda t: abs(d[t]))
+        print(f"method {method}: {len(d)} tokens, mean |δ| {sum(map(abs, d)) / len(d):.3f}, "
+              f"peak δ {d[peak]:+.3f} at token {peak}"
+              + (f", divergence at {result['divergence']}" if result["divergence"] is not None else ""))
+    return 0

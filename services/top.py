@@ -1,0 +1,110 @@
+"""``hsd top RUN_DIR [--interval S] [--once]``: a live terminal view of a run, scraped from
+the Prometheus endpoints its endpoints.json lists. Rates come from counter differences
+between two scrapes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str, timeout: float = 3.0) -> Samples | None:
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples | None, name: str, **labels: str) -> float | None:
+    if samples is None:
+        return None
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def hist_mean(samples: Samples | None, name: str) -> float | None:
+    total, count = value(samples, name + "_sum"), value(samples, name + "_count")
+    return total / count if total is not None and count else None
+
+
+def _fmt(x: float | None, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Samples | None], dt: float) -> str:
+    def rate(name: str, metric: str) -> float | None:
+        a, b = value(now.get(name), metric), value(before.get(name), metric)
+        return (a - b) / dt if a is not None and b is not None and dt > 0 else None
+
+    learner = now.get("learner")
+    lines = [f"hsd top — run {endpoints['run']}  redis {endpoints['redis']}  weights {endpoints['weights']}", ""]
+    lines.append(
+        f"learner  step {_fmt(value(learner, 'hsd_learner_step'), '.0f')}  version "
+        f"{_fmt(value(learner, 'hsd_learner_policy_version'), '.0f')}  steps/s {_fmt(rate('learner', 'hsd_learner_step'))}"
+        f"  tokens/s {_fmt(value(learner, 'hsd_learner_tokens_per_second'), '.0f')}"
+        f"  idle {_fmt(value(learner, 'hsd_learner_idle_fraction'), '.0%')}")
+    lines.append(
+        f"         reward {_fmt(value(learner, 'hsd_learner_reward_mean'))}  loss {_fmt(value(learner, 'hsd_learner_loss'))}"
+        f"  staleness {_fmt(hist_mean(learner, 'hsd_learner_staleness_versions'))}"
+        f"  ρ {_fmt(hist_mean(learner, 'hsd_learner_importance_ratio'))}"
+        f"  IS-masked {_fmt(value(learner, 'hsd_learner_is_masked_fraction'), '.1%')}")
+    lines.append(
+        f"queues   prompts {_fmt(value(learner, 'hsd_queue_lag_entries', stream='prompts'), '.0f')}"
+        f"  rollouts {_fmt(value(learner, 'hsd_queue_lag_entries', stream='rollouts'), '.0f')}"
+        f"  buffered {_fmt(value(learner, 'hsd_replay_buffered_groups'), '.0f')}"
+        f"  dropped stale {_fmt(value(learner, 'hsd_replay_dropped_total', reason='stale'), '.0f')}"
+        f" malformed {_fmt(value(learner, 'hsd_replay_dropped_total', reason='malformed'), '.0f')}"
+        f"  peer coverage {_fmt(value(learner, 'hsd_replay_peer_coverage'), '.0%')}")
+    lines.append(
+        f"credit   |δ| {_fmt(value(learner, 'hsd_credit_abs_mean'))}"
+        f"  silence {_fmt(value(learner, 'hsd_credit_silence_fraction'), '.0%')}"
+        f"  divergence mass {_fmt(hist_mean(learner, 'hsd_credit_divergence_mass'))}"
+        f"  peak offset {_fmt(hist_mean(learner, 'hsd_credit_peak_offset_tokens'))}"
+        f"  teacher KL {_fmt(value(learner, 'hsd_learner_teacher_kl'))}")
+    lines += ["", f"{'actor':<12} {'version':>7} {'groups/s':>9} {'tokens/s':>9} {'reward':>7} {'paused':>6}"]
+    for name in sorted(n for n in endpoints["metrics"] if n != "learner"):
+        s = now.get(name)
+        if s is None:
+            lines.append(f"{name:<12} {'(unreachable)':>7}")
+            continue
+        lines.append(
+            f"{name:<12} {_fmt(value(s, 'hsd_actor_policy_version'), '.0f'):>7} "
+            f"{_fmt(rate(name, 'hsd_actor_groups_total')):>9} {_fmt(rate(name, 'hsd_actor_tokens_total'), '.0f'):>9} "
+            f"{_fmt(hist_mean(s, 'hsd_actor_reward')):>7} "
+            f"{'yes' if value(s, 'hsd_actor_backpressure_paused') else 'no':>6}")
+    return "\n".join(lines)
+
+
+def main(run_dir: str, interval: float = 2.0, once: bool = False) -> int:
+    path = Path(run_dir) / "endpoints.json"
+    if not path.exists():
+        print(f"hsd top: {path} does not exist (is the run up?)", file=sys.stderr)
+        return 2
+    endpoints = json.loads(path.read_text())
+    before = {name: scrape(url) for name, url in endpoints["metrics"].items()}
+    t0 = time.monotonic()
+    try:
+        while True:
+            time.sleep(interval)
+            now = {name: scrape(url) for name, url in endpoints["metrics"].items()}
+            t1 = time.monotonic()
+            screen = render(endpoints, now, before, t1 - t0)
+            if once:
+                print(screen)
+                return 0
+            print("\033[H\033[2J" + screen, flush=True)
+            before, t0 = now, t1
+    except KeyboardInterrupt:
+        return 0
