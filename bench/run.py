@@ -15,7 +15,7 @@ import torch
 
 from bench.common import RESULTS, table, write_results
 
-SUITES = ["transport", "weights"]
+SUITES = ["transport", "weights", "actor_engine"]
 
 
 def machine() -> str:

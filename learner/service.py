@@ -36,7 +36,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from learner import checkpoint as ckpt
 from learner.batch import TrainingSample, build_samples
 from learner.context import assert_shared_vocabulary
-from learner.credit import credit_profile
+from learner.credit import CreditProfile, credit_profile
 from learner.trainer import StepResult, TorchTrainer
 from services.config import Config, config_hash
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
@@ -154,7 +154,8 @@ class Learner:
         self.client.hset(self.keys.state, "version", self.version)
         self.unacked.extend(batch)
         self.trained_groups += len(batch)
-        self._observe(batch, samples, result)
+        profiles = self._profiles(samples, result)
+        self._observe(batch, result, list(profiles.values()))
         every = self.config.learner.checkpoint_every
         if every == 0:
             self.replay.commit(self.unacked)  # no durability asked for: ack at once
@@ -162,7 +163,7 @@ class Learner:
         elif self.step % every == 0:
             self.checkpoint()
         if self.config.learner.credit_log_every and self.step % self.config.learner.credit_log_every == 0:
-            self._credit_log(samples, result)
+            self._credit_log(samples, result, profiles)
         return result
 
     def checkpoint(self) -> None:
@@ -174,7 +175,7 @@ class Learner:
         self.replay.commit(self.unacked)
         self.unacked = []
 
-    def _observe(self, batch: list[TaggedGroup], samples: list[TrainingSample], result: StepResult) -> None:
+    def _observe(self, batch: list[TaggedGroup], result: StepResult, profiles: list[CreditProfile]) -> None:
         m = result.metrics
         self.metrics.step.set(self.step)
         self.metrics.step_seconds.observe(result.seconds)
@@ -189,7 +190,6 @@ class Learner:
             self.metrics.staleness.observe(lag)
         self.history["reward"].append(m["reward_mean"])
         self.history["staleness"].append(statistics.fmean(lags))
-        profiles = self._profiles(samples, result)
         if profiles:
             abs_means = [p.abs_mean for p in profiles if p.abs_mean is not None]
             silences = [p.silence for p in profiles if p.silence is not None]
@@ -207,13 +207,14 @@ class Learner:
                     self.credit_metrics.peak_offset.observe(p.peak_offset)
                     self.history["peak_offset"].append(p.peak_offset)
 
-    def _profiles(self, samples: list[TrainingSample], result: StepResult):
+    def _profiles(self, samples: list[TrainingSample], result: StepResult) -> dict[int, CreditProfile]:
         a = self.config.algorithm
-        return [credit_profile(delta, samples[k].student.response, samples[k].peer_ids,
-                               window=a.divergence_window, tau=a.silence_tau)
-                for k, delta in result.credit.items()]
+        return {k: credit_profile(delta, samples[k].student.response, samples[k].peer_ids,
+                                  window=a.divergence_window, tau=a.silence_tau)
+                for k, delta in result.credit.items()}
 
-    def _credit_log(self, samples: list[TrainingSample], result: StepResult) -> None:
+    def _credit_log(self, samples: list[TrainingSample], result: StepResult,
+                    profiles: dict[int, CreditProfile]) -> None:
         a = self.config.algorithm
         path = self.run_dir / "credit.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ class Learner:
             for k, delta in result.credit.items():
                 s = samples[k]
                 y = s.student.response
-                profile = credit_profile(delta, y, s.peer_ids, window=a.divergence_window, tau=a.silence_tau)
+                profile = profiles[k]
                 f.write(json.dumps({
                     "step": self.step, "method": a.method, "group_id": s.group_id, "index": s.index,
                     "reward": s.reward, "peer": s.peer_ref,
