@@ -117,6 +117,7 @@ class Actor:
             self.stop_event.wait(0.2)
         self._loaded()
         self.ready.set()
+        self.metrics.ready.set(1)
         log.info("actor %s joined run %s at version %d", self.actor_id, self.keys.run, self.engine.version)
 
     def _loaded(self) -> None:

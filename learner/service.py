@@ -110,7 +110,8 @@ class Learner:
         self.weights.start()
         self._publish()
         self.client.hset(self.keys.state, mapping={
-            "weights": self.weights.address, "config_hash": config_hash(self.config),
+            "weights": self.config.weights.advertise or self.weights.address,
+            "config_hash": config_hash(self.config),
             "version": self.version, "status": "running"})
         self.metrics.step.set(self.step)
         return self

@@ -140,6 +140,8 @@ class AlgorithmConfig(_Section):
 class WeightsConfig(_Section):
     host: Annotated[str, Field(json_schema_extra=LOCAL)] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0  # 0: a free port
+    # the address actors dial (e.g. a Kubernetes Service "hsd-learner:50051"); None: host:port
+    advertise: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
     token: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
     tls_cert: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
     tls_key: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None

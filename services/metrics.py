@@ -54,6 +54,8 @@ class ActorMetrics:
         self.weight_sync_seconds = Histogram(
             "hsd_actor_weight_sync_seconds", "Fetch + verify + load of a new weight version",
             buckets=SECONDS, registry=registry)
+        self.ready = Gauge("hsd_actor_ready", "1 once weights are loaded and the actor takes prompts",
+                           registry=registry)
         self.paused = Gauge(
             "hsd_actor_backpressure_paused", "1 while the actor waits for the rollout stream to drain",
             registry=registry)

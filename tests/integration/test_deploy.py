@@ -1,0 +1,126 @@
+"""deploy/: the overlays build, validate strictly offline, and use only metric names the
+code registers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from services.metrics import (
+    ActorMetrics,
+    CreditMetrics,
+    LearnerMetrics,
+    ReplayMetrics,
+    WeightsMetrics,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+OVERLAYS = ["local", "gpu"]
+CRD_KINDS = {"PodMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
+METRIC = re.compile(r"\bhsd_[a-z0-9_]+\b")
+
+
+def _build(overlay: str) -> list[dict]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: cannot run `kubectl kustomize` (apt-get install kubectl)")
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _exported_names() -> set[str]:
+    """Every sample name the learner's and the actors' registries expose."""
+    names = set()
+    for role in ((ActorMetrics,), (ReplayMetrics, LearnerMetrics, CreditMetrics, WeightsMetrics)):
+        registry = CollectorRegistry()
+        for cls in role:
+            cls(registry)
+        for family in registry.collect():
+            names.update(s.name for s in family.samples)
+            names.add(family.name)
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_builds_and_validates_strictly(overlay):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    docs = _build(overlay)
+    kinds = {d["kind"] for d in docs}
+    assert {"StatefulSet", "Deployment", "Service", "NetworkPolicy", "PodDisruptionBudget", "ConfigMap", "Secret",
+            "PodMonitor", "PrometheusRule"} <= kinds
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue  # no upstream schema; checked below
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    for doc in docs:
+        for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            res = container.get("resources", {})
+            assert res.get("requests") and res.get("limits"), f"{doc['metadata']['name']} has no requests/limits"
+    # strict mode is really on: an unknown field fails
+    deployment = copy.deepcopy(next(d for d in docs if d["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.30.0", strict=True)
+
+
+def test_gpu_overlay_requests_gpus_and_local_does_not():
+    def gpus(docs):
+        return {d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+                .get("nvidia.com/gpu") for d in docs if d["kind"] in ("Deployment", "StatefulSet")
+                and d["metadata"]["name"] != "hsd-redis"}
+
+    assert gpus(_build("gpu")) == {"hsd-actor": "1", "hsd-learner": "1"}
+    assert set(gpus(_build("local")).values()) == {None}
+
+
+def test_autoscalers_target_the_actors_with_bounds_and_slow_scale_down():
+    keda = {d["kind"]: d for d in _build("gpu")}
+    so = keda["ScaledObject"]["spec"]
+    assert so["scaleTargetRef"]["name"] == "hsd-actor" and so["minReplicaCount"] >= 1 < so["maxReplicaCount"]
+    trigger = so["triggers"][0]
+    assert trigger["type"] == "redis-streams" and trigger["metadata"]["consumerGroup"] == "actors"
+    assert trigger["metadata"]["stream"].endswith(":prompts")
+    assert so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+    hpa = {d["kind"]: d for d in _build("local")}["HorizontalPodAutoscaler"]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "hsd-actor" and hpa["minReplicas"] >= 1 < hpa["maxReplicas"]
+    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] > 0
+
+
+def _rules(docs) -> dict:
+    return next(d for d in docs if d["kind"] == "PrometheusRule")["spec"]
+
+
+def test_every_metric_name_in_dashboards_alerts_and_autoscalers_is_exported():
+    exported = _exported_names()
+    used: dict[str, set[str]] = {}
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "hsd-dashboard.json").read_text())
+    used["dashboard"] = {m for p in dashboard["panels"] for t in p["targets"] for m in METRIC.findall(t["expr"])}
+    docs = _build("local")
+    used["alerts"] = {m for g in _rules(docs)["groups"] for r in g["rules"] for m in METRIC.findall(r["expr"])}
+    hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    used["hpa"] = {m["external"]["metric"]["name"] for m in hpa["spec"]["metrics"]}
+    for where, names in used.items():
+        assert names, f"no metric names found in the {where}"
+        assert names <= exported, f"{where} uses metrics the code does not export: {sorted(names - exported)}"
+    alerts = {r["alert"] for g in _rules(docs)["groups"] for r in g["rules"]}
+    assert alerts == {"HsdLearnerStalled", "HsdStaleDropsRising", "HsdDeadLetters", "HsdNoActorsReady",
+                      "HsdWeightSyncSlow"}
+
+
+def test_alert_rules_pass_promtool(tmp_path):
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian's `prometheus` package ships it)")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(_rules(_build("local"))))
+    out = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 5 rules found" in out.stdout
