@@ -15,7 +15,7 @@ import torch
 
 from bench.common import RESULTS, table, write_results
 
-SUITES = ["transport", "weights", "actor_engine"]
+SUITES = ["transport", "weights", "actor_engine", "learner"]
 
 
 def machine() -> str:

@@ -33,6 +33,7 @@ from services.weights_snapshot import decode_chunk, torch_dtype
 
 log = logging.getLogger(__name__)
 MAX_MANIFEST_BYTES = 64 << 20
+_jitter = random.Random()  # own instance: backoff jitter never touches the global random state
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
              grpc.StatusCode.INTERNAL)
@@ -199,7 +200,7 @@ class WeightClient:
             log.warning("fetch of version %d failed (attempt %d/%d): %s",
                         manifest.version, attempt, attempts, failure)
             if attempt < attempts:
-                time.sleep(min(2.0, 0.1 * 2**attempt) * random.random())
+                time.sleep(min(2.0, 0.1 * 2**attempt) * _jitter.random())
         raise failure
 
 
@@ -269,7 +270,7 @@ class WeightFollower:
                 self.connected.clear()
                 log.info("weight service %s unreachable (%s); retrying in %.1fs",
                          self.client.address, err.code(), delay)
-            self._stop.wait(delay * (0.5 + random.random()))
+            self._stop.wait(delay * (0.5 + _jitter.random()))
             delay = min(delay * 2, 5.0)
 
     def _reannounce(self) -> None:

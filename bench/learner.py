@@ -1,0 +1,102 @@
+"""Learner: on one batch (B=4 groups × G=8 samples, a 5M-parameter Qwen3 on CPU)
+
+- HSD step time / GRPO step time: the teacher's overhead (goal ≤ 1.5);
+- GRPO step tokens/s against a bare forward + backward + AdamW step over the same
+  student sequences (goal ≥ 0.8).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from actors.tasks.arith import ArithTask
+from bench.common import Figure, interleaved
+from learner.batch import build_samples
+from learner.logprobs import pad_batch, response_logits, token_logprobs
+from learner.tiny_model import build_tiny_model
+from learner.trainer import TorchTrainer
+from services.config import load_config
+from services.peers import assign_peers
+from services.prompts import render_prompt_ids
+from services.records import RolloutGroup, Sample
+from services.replay import TaggedGroup
+
+SIZES = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4}
+
+
+def make_batch(tokenizer, groups: int, g: int, length: int, seed: int = 0) -> list[TaggedGroup]:
+    rng = np.random.default_rng(seed)
+    text_ids = [i for i in range(len(tokenizer)) if i not in tokenizer.all_special_ids]
+    out = []
+    for p in itertools.islice(ArithTask().problems(), groups):
+        samples = []
+        for k in range(g):
+            ids = rng.choice(text_ids, length).astype(np.int32)
+            samples.append(Sample(ids, -rng.exponential(1.0, length).astype(np.float32), float(k % 3 == 0),
+                                  k % 3 == 0, "length", tokenizer.decode(ids.tolist())))
+        group = RolloutGroup("bench", uuid.uuid4().hex, p.prompt_id, "arith", "bench", 0.0, 0, p.prompt,
+                             np.asarray(render_prompt_ids(tokenizer, p.prompt), np.int32), p.answer, tuple(samples))
+        tags = assign_peers([s.success for s in samples], [length] * g, has_answer=True, rng=random.Random(seed))
+        out.append(TaggedGroup(b"0-0", group, tags))
+    return out
+
+
+def run(quick: bool = True) -> list[Figure]:
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_tiny_model(tmp, seed=0, **SIZES)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        batch = make_batch(tokenizer, 4, 8, 64 if quick else 256)
+        trainers, samples = {}, {}
+        for method in ("grpo", "hsd"):
+            config = load_config(environ={}, overrides=[f'algorithm.method="{method}"', "learner.lr=1e-6",
+                                                        "learner.microbatch_tokens=100000"])
+            model = AutoModelForCausalLM.from_pretrained(path)
+            trainers[method] = TorchTrainer(model, config, tokenizer.pad_token_id)
+            samples[method] = build_samples(batch, tokenizer, config.algorithm)
+        tokens = sum(s.length for s in samples["grpo"])
+
+        def step(method: str) -> float:
+            t = time.perf_counter()
+            trainers[method].train_step(samples[method])
+            return 1.0 / (time.perf_counter() - t)  # steps/s
+
+        bare_model = AutoModelForCausalLM.from_pretrained(path)
+        bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-6)
+        inputs = [s.student for s in samples["grpo"]]
+
+        def bare() -> float:
+            t = time.perf_counter()
+            ids, attn = pad_batch(inputs, tokenizer.pad_token_id)
+            logits, resp_ids, mask = response_logits(bare_model(input_ids=ids, attention_mask=attn).logits, inputs)
+            loss = -(token_logprobs(logits, resp_ids) * mask).sum() / mask.sum()
+            bare_opt.zero_grad()
+            loss.backward()
+            bare_opt.step()
+            return tokens / (time.perf_counter() - t)
+
+        repeats = 5 if quick else 11
+        for m in trainers:  # warm-up
+            step(m)
+        hsd, grpo = interleaved(lambda: step("hsd"), lambda: step("grpo"), repeats)
+        ours, baseline = interleaved(lambda: step("grpo") * tokens, bare, repeats)
+    return [
+        Figure("learner_hsd_vs_grpo_step_time", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
+               f"B=4 x G=8 x {64 if quick else 256} tokens, 5M-param Qwen3, CPU"),
+        Figure("learner_grpo_tokens_per_s", ours, baseline, ">= 0.8", "tokens/s",
+               "vs bare forward+backward+AdamW of the same sequences"),
+    ]
+
+
+if __name__ == "__main__":
+    from bench.common import table
+
+    print(table(run()))
