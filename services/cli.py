@@ -175,6 +175,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import json
     import signal
+    from pathlib import Path
 
     extra: dict[str, Any] = {}
     if args.method:
@@ -184,19 +185,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.run_dir:
         extra.setdefault("run", {})["dir"] = args.run_dir
     if args.config is None:
-        from pathlib import Path
-
         args.config = str(Path(__file__).with_name("embedded.toml"))
     config = _load(args, extra)
     from learner.tiny_model import resolve_model
-    from services.launcher import Launcher
+    from services.launcher import Launcher, RunDirInUse, ensure_unused, fresh_run_dir
+
+    if not args.run_dir and config.run.dir == type(config.run)().dir:
+        config.run.dir = fresh_run_dir(config.run.name)  # every `hsd run` its own dir
+    try:
+        ensure_unused(Path(config.run.dir))
+    except RunDirInUse as err:
+        print(f"hsd run: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
     def interrupt(*_):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    model_path = resolve_model(config.model.path)
-    summary = Launcher(config, args.actors, model_path).run()
+    summary = Launcher(config, args.actors, resolve_model(config.model.path)).run()
     rewards = summary["reward_mean_by_step"]
     print(json.dumps({k: summary[k] for k in ("steps", "final_version", "method", "groups", "wall_seconds")}))
     if rewards:

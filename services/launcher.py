@@ -34,6 +34,21 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300
 
 
+class RunDirInUse(RuntimeError):
+    """The run dir already holds a run (its Redis data and checkpoints would mix in)."""
+
+
+def fresh_run_dir(name: str) -> str:
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def ensure_unused(run_dir: Path) -> None:
+    used = [n for n in ("endpoints.json", "checkpoints", "redis") if (run_dir / n).exists()]
+    if used:
+        raise RunDirInUse(f"{run_dir} already holds a run ({', '.join(used)}); give another --run-dir "
+                          "(a run is resumed with `hsd learner --resume`, not `hsd run`)")
+
+
 class Launcher:
     def __init__(self, config: Config, actors: int, model_path: str) -> None:
         self.config = config
@@ -70,6 +85,7 @@ class Launcher:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
+        ensure_unused(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resolved = self.config.model_copy(deep=True)
         resolved.model.path = self.model_path  # every process loads the same folder

@@ -111,3 +111,10 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
 
     last = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     assert AutoModelForCausalLM.from_pretrained(last / "model") is not None
+
+
+def test_hsd_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    out = subprocess.run([sys.executable, "-m", "services.cli", "run", "--run-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "already holds a run (checkpoints)" in out.stderr
