@@ -39,6 +39,19 @@ def hist_mean(samples: Samples | None, name: str) -> float | None:
     return total / count if total is not None and count else None
 
 
+def hist_quantile(samples: Samples | None, name: str, q: float = 0.5) -> float | None:
+    """The upper bound of the bucket holding the q-quantile (for histograms without a _sum:
+    the client omits it when buckets can be negative)."""
+    if samples is None:
+        return None
+    buckets = sorted((float(dict(labels)["le"]), v) for (n, labels), v in samples.items() if n == name + "_bucket")
+    total = buckets[-1][1] if buckets else 0
+    for bound, cumulative in buckets:
+        if total and cumulative >= q * total:
+            return bound
+    return None
+
+
 def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -71,7 +84,7 @@ def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Sa
         f"credit   |δ| {_fmt(value(learner, 'hsd_credit_abs_mean'))}"
         f"  silence {_fmt(value(learner, 'hsd_credit_silence_fraction'), '.0%')}"
         f"  divergence mass {_fmt(hist_mean(learner, 'hsd_credit_divergence_mass'))}"
-        f"  peak offset {_fmt(hist_mean(learner, 'hsd_credit_peak_offset_tokens'))}"
+        f"  peak offset p50 {_fmt(hist_quantile(learner, 'hsd_credit_peak_offset_tokens'))}"
         f"  teacher KL {_fmt(value(learner, 'hsd_learner_teacher_kl'))}")
     lines += ["", f"{'actor':<12} {'version':>7} {'groups/s':>9} {'tokens/s':>9} {'reward':>7} {'paused':>6}"]
     for name in sorted(n for n in endpoints["metrics"] if n != "learner"):
