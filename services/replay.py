@@ -148,7 +148,7 @@ class ReplayBuffer:
                 self._reject(entry_id, raw or b"", err)
                 continue
             if version - group.policy_version > self.s.max_staleness:
-                self._retire([entry_id], "stale")
+                self._acknowledge([entry_id], "stale")
                 continue
             self.buffer.append(TaggedGroup(entry_id, group, self._tag(group, version)))
             self.metrics.groups_ingested.inc()
@@ -178,9 +178,9 @@ class ReplayBuffer:
         pipe = self.client.pipeline(transaction=True)
         dead_letter(self.client, self.keys, self.keys.rollouts, entry_id, raw,
                     err.reason.value, err.detail, pipe)
-        self._retire([entry_id], "malformed", pipe)
+        self._acknowledge([entry_id], "malformed", pipe)
 
-    def _retire(self, ids: list[bytes], reason: str | None, pipe=None) -> None:
+    def _acknowledge(self, ids: list[bytes], reason: str | None, pipe=None) -> None:
         """Ack + delete (in one MULTI with whatever ``pipe`` holds) and count the drop."""
         pipe = self.client.pipeline(transaction=True) if pipe is None else pipe
         self.consumer.ack(ids, pipe)
@@ -210,11 +210,11 @@ class ReplayBuffer:
             (stale if version - t.group.policy_version > self.s.max_staleness else fresh).append(t)
         if stale:
             self.buffer = fresh
-            self._retire([t.entry_id for t in stale], "stale")
+            self._acknowledge([t.entry_id for t in stale], "stale")
 
     def commit(self, batch: list[TaggedGroup]) -> None:
         """Once the optimiser step that used ``batch`` is durable: ack and delete."""
-        self._retire([t.entry_id for t in batch], None)
+        self._acknowledge([t.entry_id for t in batch], None)
         self._observe()
 
     # ------------------------------------------------------------------ metrics
