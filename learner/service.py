@@ -11,6 +11,7 @@ Lifecycle::
         train step (teacher scoring, staleness-corrected loss, optimiser) → version + 1
         publish version; metrics; credit log every N steps
         every checkpoint_every steps: checkpoint, then XACK the groups it covers
+        every eval_every steps (and before the first and after the last): held-out accuracy
     end: final checkpoint + ack, summary, state status = done
 
 Acknowledging only after a checkpoint makes kill -9 safe: the groups of steps after the
@@ -95,14 +96,42 @@ class Learner:
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
                                                 "divergence_mass": [], "peak_offset": []}
         self.trained_groups = 0
+        self.trained_samples = 0
         self.idle_s = 0.0
+        self.loop_s = 0.0  # wall time of the training loop (startup and evaluation excluded)
+        self.eval_by_step: dict[int, float] = {}
+        self.evaluation = self._held_out_eval() if config.learner.eval_every else None
 
-    def _task_prompts(self):
+    def _task(self):
         from actors.tasks import make_task
 
-        task = make_task(self.config.actor.task)
+        return make_task(self.config.actor.task, timeout_s=self.config.actor.verifier_timeout_s,
+                         allow_unsandboxed=self.config.actor.allow_unsandboxed_code)
+
+    def _task_prompts(self):
+        task = self._task()
         for p in task.problems("train", seed=self.config.run.seed):
             yield PromptItem(p.prompt_id, task.name, p.prompt, p.answer, self.version)
+
+    def _held_out_eval(self):
+        from actors.engines.base import SamplingSettings
+        from learner.evaluation import HeldOutEval
+
+        c = self.config
+        sampling = SamplingSettings(n=c.learner.eval_samples, max_tokens=c.model.max_response_tokens,
+                                    temperature=c.actor.temperature, top_p=c.actor.top_p)
+        return HeldOutEval(self._task(), self.model, self.tokenizer, problems=c.learner.eval_problems,
+                           sampling=sampling, seed=c.run.seed) or None
+
+    def _evaluate(self) -> None:
+        if self.evaluation is None or self.step in self.eval_by_step:
+            return
+        started = time.monotonic()
+        accuracy = self.evaluation.accuracy()
+        self.eval_by_step[self.step] = accuracy
+        self.metrics.eval_accuracy.set(accuracy)
+        log.info("held-out accuracy at step %d: %.3f (%d problems x %d samples, %.1fs)", self.step, accuracy,
+                 len(self.evaluation.problems), self.evaluation.sampling.n, time.monotonic() - started)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,17 +158,21 @@ class Learner:
     def run(self, steps: int | None = None) -> None:
         target = steps if steps is not None else self.config.run.steps
         progress = Progress(target)
-        started = time.monotonic()
+        every = self.config.learner.eval_every
+        self._evaluate()
         while self.step < target and not self.stop_event.is_set():
+            started = time.monotonic()
             self.admission.admit(self.prompts, settled=len(self.unacked))
-            wait = time.monotonic()
             batch = self.replay.next_batch(self.version, timeout_s=1.0)
-            self.idle_s += time.monotonic() - wait
-            if batch is None:
-                continue
-            result = self.train(batch)
-            progress.show(self.step, result, self.history)
-            self.metrics.idle_fraction.set(self.idle_s / max(time.monotonic() - started, 1e-9))
+            self.idle_s += time.monotonic() - started
+            if batch is not None:
+                result = self.train(batch)
+                progress.show(self.step, result, self.history)
+            self.loop_s += time.monotonic() - started
+            self.metrics.idle_fraction.set(self.idle_s / max(self.loop_s, 1e-9))
+            if batch is not None and every and self.step % every == 0:
+                self._evaluate()
+        self._evaluate()
         self.checkpoint()
         self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
         progress.close()
@@ -155,6 +188,7 @@ class Learner:
         self.client.hset(self.keys.state, "version", self.version)
         self.unacked.extend(batch)
         self.trained_groups += len(batch)
+        self.trained_samples += sum(len(t.group.samples) for t in batch)
         profiles = self._profiles(samples, result)
         self._observe(batch, result, list(profiles.values()))
         every = self.config.learner.checkpoint_every
@@ -250,7 +284,9 @@ class Learner:
             "staleness_mean": mean(h["staleness"]),
             "credit": {"abs_mean": mean(h["abs_mean"]), "silence": mean(h["silence"]),
                        "divergence_mass": mean(h["divergence_mass"]), "peak_offset": mean(h["peak_offset"])},
-            "idle_seconds": self.idle_s,
+            "idle_seconds": round(self.idle_s, 2), "loop_seconds": round(self.loop_s, 2),
+            "trained_samples": self.trained_samples,
+            "eval_accuracy_by_step": {str(k): round(v, 4) for k, v in sorted(self.eval_by_step.items())},
         }
 
 

@@ -208,7 +208,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rewards:
         k = max(1, len(rewards) // 4)
         print(f"mean reward: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps "
-              f"{sum(rewards[-k:]) / k:.3f}; summary in {config.run.dir}/summary.json")
+              f"{sum(rewards[-k:]) / k:.3f}")
+    if summary["eval_accuracy_by_step"]:
+        print("held-out accuracy: " + " -> ".join(
+            f"step {step} {accuracy:.3f}" for step, accuracy in summary["eval_accuracy_by_step"].items()))
+    print(f"summary in {config.run.dir}/summary.json")
     return EXIT_OK
 
 

@@ -95,6 +95,9 @@ class LearnerConfig(_Section):
     microbatch_tokens: Annotated[int, Field(ge=1)] = 8192
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
     credit_log_every: Annotated[int, Field(ge=0)] = 5
+    eval_every: Annotated[int, Field(ge=0)] = 0  # held-out accuracy every N steps (and at 0 and the end); 0: off
+    eval_problems: Annotated[int, Field(ge=1)] = 64  # fixed problems of the task's test split
+    eval_samples: Annotated[int, Field(ge=1)] = 4  # per problem, at the actors' temperature
 
 
 class AlgorithmConfig(_Section):

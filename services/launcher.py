@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +50,66 @@ def ensure_unused(run_dir: Path) -> None:
                           "(a run is resumed with `hsd learner --resume`, not `hsd run`)")
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where the processes run. ``threads``: torch threads per process — left to itself,
+    each process starts one per core, so a learner and K actors on one machine would
+    oversubscribe it K+1 times over. ``cpus``: optional pinning (the pipeline benchmark
+    keeps actors and learner on separate cores)."""
+
+    learner_threads: int
+    actor_threads: int
+    learner_cpus: frozenset[int] | None = None
+    actor_cpus: frozenset[int] | None = None
+
+    @classmethod
+    def shared(cls, actors: int, cores: int | None = None) -> Placement:
+        """No pinning; half the cores' worth of threads to the learner, the rest split
+        between the actors (at least one each)."""
+        cores = cores or len(os.sched_getaffinity(0))
+        learner = max(1, cores // 2)
+        return cls(learner, max(1, (cores - learner) // max(actors, 1)))
+
+    @classmethod
+    def pinned(cls, learner_cpus: set[int], actor_cpus: set[int], actors: int) -> Placement:
+        return cls(len(learner_cpus), max(1, len(actor_cpus) // max(actors, 1)),
+                   frozenset(learner_cpus), frozenset(actor_cpus))
+
+    def env(self, role: str) -> dict[str, str]:
+        """Thread counts for a child; a value the user exported wins."""
+        threads = str(self.learner_threads if role == "learner" else self.actor_threads)
+        return {var: os.environ.get(var, threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    def preexec(self, role: str):
+        cpus = self.learner_cpus if role == "learner" else self.actor_cpus
+
+        def start() -> None:
+            die_with_parent()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        return start
+
+
 class Launcher:
-    def __init__(self, config: Config, actors: int, model_path: str) -> None:
+    def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None) -> None:
         self.config = config
         self.n_actors = actors
         self.model_path = model_path
+        self.placement = placement or Placement.shared(actors)
         self.run_dir = Path(config.run.dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
         self.server = None
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log_file = (self.run_dir / f"{name}.log").open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        role = "learner" if name == "learner" else "actor"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.placement.env(role)}
         # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
         # but never outliving the launcher, even if it is killed with -9
         proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log_file,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, preexec_fn=die_with_parent)
+                                start_new_session=True, preexec_fn=self.placement.preexec(role))
         self.procs[name] = proc
         return proc
 
@@ -134,6 +178,7 @@ class Launcher:
 
     def _summary(self, client, keys: Keys, wall: float) -> dict[str, Any]:
         learner = json.loads((self.run_dir / "learner-summary.json").read_text())
+        loop = learner["loop_seconds"]
         generated = int(client.hget(keys.state, GENERATED) or 0)
         in_flight = int(client.xlen(keys.rollouts))
         summary = {
@@ -142,8 +187,11 @@ class Launcher:
                        "dropped": learner["dropped"], "in_flight_at_exit": in_flight,
                        "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
             "reward_mean_by_step": learner["reward_mean_by_step"],
+            "eval_accuracy_by_step": learner["eval_accuracy_by_step"],
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
             "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
+            "throughput": {"samples_per_second": round(learner["trained_samples"] / loop, 3) if loop else None,
+                           "learner_idle_fraction": round(learner["idle_seconds"] / loop, 3) if loop else None},
             "wall_seconds": round(wall, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

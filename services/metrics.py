@@ -85,6 +85,8 @@ class LearnerMetrics:
         self.idle_fraction = Gauge("hsd_learner_idle_fraction",
                                    "Fraction of wall time spent waiting for batches", registry=registry)
         self.reward = Gauge("hsd_learner_reward_mean", "Mean reward of the last batch", registry=registry)
+        self.eval_accuracy = Gauge("hsd_learner_eval_accuracy",
+                                   "Held-out accuracy at the last evaluation (eval_every)", registry=registry)
 
 
 class CreditMetrics:

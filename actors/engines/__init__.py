@@ -12,7 +12,7 @@ def make_engine(engine: str, model_path: str, *, dtype: str = "float32", trust_r
     if engine == "hf":
         from actors.engines.hf import HFEngine
 
-        return HFEngine(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        return HFEngine.from_pretrained(model_path, dtype=dtype, trust_remote_code=trust_remote_code)
     if engine == "vllm":
         from actors.engines.vllm import VLLMEngine
 

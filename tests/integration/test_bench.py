@@ -1,0 +1,37 @@
+"""`make bench` in quick mode runs every suite and writes a well-formed results file.
+The figures themselves are not checked: speed is measured by the bench, not by tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from bench.run import SUITES
+
+PREFIX = {"transport": "transport_", "weights": "weights_", "actor_engine": "actor_hf_",
+          "learner": "learner_", "pipeline": "pipeline_eta"}
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_a_figure_per_suite(tmp_path, tiny_model_dir):
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--output", str(out), "--model", str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert "_machine" in results
+    figures = {k: v for k, v in results.items() if not k.startswith("_")}
+    assert set(PREFIX) == set(SUITES)
+    for suite, prefix in PREFIX.items():
+        assert any(name.startswith(prefix) for name in figures), f"no figure from the {suite} suite"
+    for name, f in figures.items():
+        assert {"value", "baseline", "ratio", "goal", "unit"} <= set(f), name
+        op, bound = f["goal"].split()
+        assert op in (">=", "<=") and float(bound) > 0, name
+        assert f["baseline"] > 0 and math.isclose(f["ratio"], f["value"] / f["baseline"], rel_tol=1e-3), name
+    for name in figures:  # the printed table names every figure
+        assert name in proc.stdout
