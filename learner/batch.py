@@ -1,5 +1,6 @@
 """From replay groups to training samples: the student view, the teacher view (per method
-and peer tag), the behaviour log-probs μ, and the outcome advantage A_i."""
+and peer tag), the behaviour log-probs μ, and the outcome advantage A_i. For `srt`, the
+accepted revisions instead, each after its reviser context (a supervised target)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.context import ScoringInput, student_input, teacher_input
+from learner.context import ScoringInput, srt_input, student_input, teacher_input
 from learner.losses import group_advantages
 from services.config import AlgorithmConfig
 from services.peers import PeerSource
@@ -56,6 +57,9 @@ def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, algo: AlgorithmC
         advantages = group_advantages(rewards, algo.advantage)
         prompt_ids = g.prompt_ids.tolist()
         for i, s in enumerate(g.samples):
+            if algo.method == "srt":
+                out += _accepted_revision(g, i, tokenizer)
+                continue
             if s.ids.size == 0:
                 continue  # nothing to score or train on
             y = s.ids.tolist()
@@ -74,6 +78,19 @@ def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, algo: AlgorithmC
                 policy_version=g.policy_version, group_id=g.group_id, index=i,
                 peer_ids=peer_ids, peer_ref=peer_ref))
     return out
+
+
+def _accepted_revision(g, i: int, tokenizer: Any) -> list[TrainingSample]:
+    """`srt`: the sample's revision as a supervised target, if the verifier accepted it."""
+    s = g.samples[i]
+    r = s.revision
+    if r is None or not r.success or r.ids.size == 0:
+        return []
+    return [TrainingSample(
+        student=srt_input(tokenizer, g.prompt, s.ids.tolist(), s.success, r.ids.tolist()), teacher=None,
+        behaviour=torch.from_numpy(np.asarray(r.logprobs, dtype=np.float32).copy()),
+        advantage=0.0, reward=s.reward, success=s.success, policy_version=g.policy_version,
+        group_id=g.group_id, index=i, peer_ids=None, peer_ref=None)]
 
 
 def microbatches(samples: Sequence[TrainingSample], token_budget: int) -> list[list[int]]:

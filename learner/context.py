@@ -104,6 +104,28 @@ def stop_token_ids(tokenizer: Any) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def reviser_context(
+    tokenizer: Any,
+    prompt: str | Messages,
+    attempt: Sequence[int],
+    success: bool,
+    stop_ids: set[int] | None = None,
+) -> list[int]:
+    """x, then the assistant turn y ++ "\n\n" ++ P(r) ++ "\n\n": where the reviser goes on.
+
+    The attempt drops its trailing stop tokens (the turn goes on). SD-Zero's teacher reads
+    a second copy of y after it; `srt` actors sample the revision from it.
+    """
+    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
+    first = list(attempt)
+    while first and first[-1] in stop_ids:
+        first.pop()
+    separator = tokenizer.encode(
+        "\n\n" + REVISION_PHRASES[bool(success)] + "\n\n", add_special_tokens=False
+    )
+    return render_prompt_ids(tokenizer, prompt) + first + list(separator)
+
+
 def sdzero_input(
     tokenizer: Any,
     prompt: str | Messages,
@@ -111,20 +133,21 @@ def sdzero_input(
     success: bool,
     stop_ids: set[int] | None = None,
 ) -> ScoringInput:
-    """Reviser view: x, then the assistant turn y ++ "\\n\\n" ++ P(r) ++ "\\n\\n" ++ y.
+    """Reviser view: x, then the assistant turn y ++ "\n\n" ++ P(r) ++ "\n\n" ++ y; the
+    loss is read on the second, complete copy."""
+    return _join(reviser_context(tokenizer, prompt, response, success, stop_ids), response)
 
-    The first copy of y drops its trailing stop tokens (the turn goes on); the loss is
-    read on the second, complete copy.
-    """
-    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
-    first = list(response)
-    while first and first[-1] in stop_ids:
-        first.pop()
-    separator = tokenizer.encode(
-        "\n\n" + REVISION_PHRASES[bool(success)] + "\n\n", add_special_tokens=False
-    )
-    context = render_prompt_ids(tokenizer, prompt) + first + list(separator)
-    return _join(context, response)
+
+def srt_input(
+    tokenizer: Any,
+    prompt: str | Messages,
+    attempt: Sequence[int],
+    success: bool,
+    revision: Sequence[int],
+) -> ScoringInput:
+    """SD-Zero phase 1: the reviser context of an attempt, then the revision the actor
+    sampled there (the supervised target)."""
+    return _join(reviser_context(tokenizer, prompt, attempt, success), revision)
 
 
 def teacher_input(

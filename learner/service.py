@@ -94,7 +94,7 @@ class Learner:
             on_bytes_sent=self.weights_metrics.bytes_sent.inc)
         self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
-                                                "divergence_mass": [], "peak_offset": []}
+                                                "divergence_mass": [], "peak_offset": [], "revision_success": []}
         self.trained_groups = 0
         self.trained_samples = 0
         self.idle_s = 0.0
@@ -225,6 +225,9 @@ class Learner:
             self.metrics.staleness.observe(lag)
         self.history["reward"].append(m["reward_mean"])
         self.history["staleness"].append(statistics.fmean(lags))
+        revisions = [s.revision.success for t in batch for s in t.group.samples if s.revision is not None]
+        if revisions:  # srt: how often the reviser's continuation is accepted
+            self.history["revision_success"].append(statistics.fmean(revisions))
         if profiles:
             abs_means = [p.abs_mean for p in profiles if p.abs_mean is not None]
             silences = [p.silence for p in profiles if p.silence is not None]
@@ -281,6 +284,7 @@ class Learner:
             "steps": self.step, "final_version": self.version, "method": self.config.algorithm.method,
             "trained_groups": self.trained_groups, "dropped": dict(dropped),
             "reward_mean_by_step": [round(r, 4) for r in h["reward"]],
+            "revision_success_by_step": [round(r, 4) for r in h["revision_success"]],
             "staleness_mean": mean(h["staleness"]),
             "credit": {"abs_mean": mean(h["abs_mean"]), "silence": mean(h["silence"]),
                        "divergence_mass": mean(h["divergence_mass"]), "peak_offset": mean(h["peak_offset"])},

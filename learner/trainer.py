@@ -74,6 +74,8 @@ class TorchTrainer:
 
     def train_step(self, samples: Sequence[TrainingSample]) -> StepResult:
         start = time.perf_counter()
+        if not samples:  # e.g. an srt batch without one accepted revision: nothing to learn from
+            return StepResult(self._metrics([], {}, [], {"loss": 0.0}, 0.0))
         self.model.train()
         n_tok = sum(s.length for s in samples)
         n_seq = len(samples)

@@ -188,6 +188,8 @@ class Launcher:
                        "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
             "reward_mean_by_step": learner["reward_mean_by_step"],
             "eval_accuracy_by_step": learner["eval_accuracy_by_step"],
+            **({"revision_success_by_step": learner["revision_success_by_step"]}
+               if learner["revision_success_by_step"] else {}),
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
             "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
             "throughput": {"samples_per_second": round(learner["trained_samples"] / loop, 3) if loop else None,

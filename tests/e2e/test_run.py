@@ -126,3 +126,29 @@ def test_hsd_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "run", "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "already holds a run (checkpoints)" in out.stderr
+
+
+@pytest.mark.slow
+def test_srt_run_then_an_sdzero_run_from_its_checkpoint(tmp_path, tiny_model_dir):
+    """SD-Zero's two phases as a user runs them: `srt` gives the model its reviser role,
+    then `sdzero` starts from the srt checkpoint (an ordinary Hugging Face folder)."""
+    common = ["--actors", "1", "--set", "actor.group_size=4", "--set", "model.max_response_tokens=12",
+              "--set", "learner.checkpoint_every=2", "--set", "learner.lr=1e-3"]
+
+    def run(method: str, model: str, run_dir) -> dict:
+        out = subprocess.run([sys.executable, "-m", "services.cli", "run", "--method", method, "--steps", "3",
+                              "--run-dir", str(run_dir), "--set", f'model.path="{model}"', *common],
+                             capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads((run_dir / "summary.json").read_text())
+
+    srt = run("srt", str(tiny_model_dir), tmp_path / "srt")
+    assert srt["method"] == "srt" and srt["final_version"] == 3
+    # every sample came with a scored revision (the untrained model's are all rejected, so
+    # there was nothing to train on: the per-method step test trains on accepted ones)
+    assert len(srt["revision_success_by_step"]) == 3
+    assert all(0.0 <= r <= 1.0 for r in srt["revision_success_by_step"])
+    srt_model = sorted((tmp_path / "srt" / "checkpoints").glob("step-*"))[-1] / "model"
+    sdzero = run("sdzero", str(srt_model), tmp_path / "sdzero")
+    assert sdzero["method"] == "sdzero" and sdzero["final_version"] == 3
+    assert f'path = "{srt_model}"' in (tmp_path / "sdzero" / "config.toml").read_text()

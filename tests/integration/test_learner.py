@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.tasks.arith import ArithTask
 from learner.batch import build_samples
-from learner.context import student_input
+from learner.context import reviser_context, srt_input, student_input
 from learner.logprobs import score_responses
 from learner.service import Learner
 from learner.trainer import TorchTrainer
@@ -22,7 +22,7 @@ from services.codec import encode_group
 from services.config import load_config
 from services.peers import assign_peers
 from services.prompts import render_prompt_ids
-from services.records import RolloutGroup, Sample
+from services.records import Revision, RolloutGroup, Sample
 from services.replay import TaggedGroup
 from services.streams import ROLLOUT_FIELD, Keys, publish_group
 
@@ -41,11 +41,17 @@ def _groups(model_dir, n_groups: int, run: str = "t", seed: int = 0) -> list[Rol
         samples = []
         for text in texts:
             y = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
-            with torch.no_grad():
-                mu, _, _ = score_responses(model, [student_input(prompt_ids, y)], tok.pad_token_id)
             ok = text == p.reference
-            samples.append(Sample(np.asarray(y, np.int32), mu[0].numpy().astype(np.float32), float(ok), ok,
-                                  "stop", text))
+            # srt's reviser continuation: right after a wrong attempt, wrong after a right one
+            revised = corrupt(p.reference, rng) if ok else p.reference
+            r = tok.encode(revised, add_special_tokens=False) + [tok.eos_token_id]
+            with torch.no_grad():
+                mu, _, _ = score_responses(model, [student_input(prompt_ids, y),
+                                                   srt_input(tok, p.prompt, y, ok, r)], tok.pad_token_id)
+            revision = Revision(np.asarray(r, np.int32), mu[1, : len(r)].numpy().astype(np.float32),
+                                float(not ok), not ok, revised)
+            samples.append(Sample(np.asarray(y, np.int32), mu[0, : len(y)].numpy().astype(np.float32), float(ok),
+                                  ok, "stop", text, revision))
         out.append(RolloutGroup(run=run, group_id=f"{seed}-{g:03d}", prompt_id=p.prompt_id, task="arith",
                                 actor="test", created=0.0, policy_version=0, prompt=p.prompt,
                                 prompt_ids=np.asarray(prompt_ids, np.int32), answer=p.answer,
@@ -80,6 +86,26 @@ def test_one_step_per_method_lowers_the_loss_on_a_fixed_batch(tiny_model_dir, me
     assert losses[-1] < losses[0], losses
     before = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_model_dir):
+    config = load_config(environ={}, overrides=['algorithm.method="srt"'])
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    groups = _groups(tiny_model_dir, 2)
+    samples = build_samples(_tagged(groups), tok, config.algorithm)
+    accepted = [(g, i) for g in groups for i, s in enumerate(g.samples) if s.revision.success]
+    assert len(samples) == len(accepted) == 4  # the revisions of the two wrong attempts per group
+    for sample, (g, i) in zip(samples, accepted, strict=True):
+        s = g.samples[i]
+        context = reviser_context(tok, g.prompt, s.ids.tolist(), s.success)
+        assert sample.student.ids == context + s.revision.ids.tolist() and sample.student.start == len(context)
+        assert sample.teacher is None and sample.advantage == 0.0
+        assert torch.equal(sample.behaviour, torch.from_numpy(s.revision.logprobs))
+        assert not s.success  # only wrong attempts were revised into right ones here
+    trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
+    none_accepted = build_samples(_tagged([RolloutGroup(**{**groups[0].__dict__, "samples": tuple(
+        Sample(**{**s.__dict__, "revision": None}) for s in groups[0].samples)})]), tok, config.algorithm)
+    assert none_accepted == [] and trainer.train_step(none_accepted).metrics["loss"] == 0.0
 
 
 def _learner(client, config, model_dir, registry=None) -> Learner:
