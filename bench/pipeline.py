@@ -35,7 +35,7 @@ def placement(actors: int) -> Placement:
 def run_once(model: str, eta: int, steps: int, actors: int, root: Path) -> dict:
     config = load_config(EMBEDDED, environ={}, extra={
         "run": {"steps": steps, "dir": str(root / f"eta{eta}-actors{actors}"), "name": f"bench-eta{eta}"},
-        "learner": {"max_staleness": eta, "checkpoint_every": 0, "credit_log_every": 0}})
+        "learner": {"max_staleness": eta, "checkpoint_every": 0, "credit_log_every": 0, "eval_every": 0}})
     summary = Launcher(config, actors, model, placement(actors)).run()
     detail = json.loads((Path(config.run.dir) / "learner-summary.json").read_text())
     return {"samples_per_s": summary["throughput"]["samples_per_second"],

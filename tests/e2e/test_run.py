@@ -54,7 +54,8 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
            "--set", f'model.path="{tiny_model_dir}"', "--set", "actor.group_size=4",
            "--set", "model.max_response_tokens=16", "--set", "learner.checkpoint_every=3",
            "--set", "learner.max_staleness=3", "--set", "redis.claim_timeout_s=2",
-           "--set", "learner.credit_log_every=2", "--set", "learner.lr=1e-3"]
+           "--set", "learner.credit_log_every=2", "--set", "learner.lr=1e-3", "--set", "learner.batch_groups=2",
+           "--set", "learner.eval_every=10", "--set", "learner.eval_problems=8"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -104,9 +105,13 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
     injected = 3
     assert g["dropped"]["malformed"] == injected
     assert g["generated"] + injected == g["trained"] + sum(g["dropped"].values()) + g["in_flight_at_exit"]
-    assert g["trained"] == STEPS * 2  # steps × batch_groups of the embedded config
+    assert g["trained"] == STEPS * 2  # steps × batch_groups
     assert summary["actor_versions"]["actor-0"] > 0  # it loaded newer weights than it started with
     assert len(summary["reward_mean_by_step"]) == STEPS
+    # held-out accuracy before the first step and every eval_every steps (8 problems × 4 samples)
+    assert set(summary["eval_accuracy_by_step"]) == {"0", "10", "20"}
+    assert all(abs(a * 32 - round(a * 32)) < 0.01 and 0 <= a <= 1 for a in summary["eval_accuracy_by_step"].values())
+    assert 0 < summary["throughput"]["samples_per_second"] and 0 <= summary["throughput"]["learner_idle_fraction"] < 1
     assert set(summary) >= {"steps", "final_version", "method", "groups", "reward_mean_by_step", "staleness_mean",
                             "credit", "wall_seconds"}
     credit_lines = [json.loads(line) for line in (run_dir / "credit.jsonl").read_text().splitlines()]
@@ -133,7 +138,8 @@ def test_srt_run_then_an_sdzero_run_from_its_checkpoint(tmp_path, tiny_model_dir
     """SD-Zero's two phases as a user runs them: `srt` gives the model its reviser role,
     then `sdzero` starts from the srt checkpoint (an ordinary Hugging Face folder)."""
     common = ["--actors", "1", "--set", "actor.group_size=4", "--set", "model.max_response_tokens=12",
-              "--set", "learner.checkpoint_every=2", "--set", "learner.lr=1e-3"]
+              "--set", "learner.checkpoint_every=2", "--set", "learner.lr=1e-3", "--set", "learner.batch_groups=2",
+              "--set", "learner.eval_every=0"]
 
     def run(method: str, model: str, run_dir) -> dict:
         out = subprocess.run([sys.executable, "-m", "services.cli", "run", "--method", method, "--steps", "3",
