@@ -30,6 +30,11 @@ from services.records import RolloutGroup, Sample
 from services.replay import TaggedGroup
 
 SIZES = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4}
+SCALING = {  # --full: how the figures move with model size
+    "0.6M": {},  # the embedded default's tiny model
+    "19M": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 6, "num_attention_heads": 8,
+            "num_key_value_heads": 4},
+}
 
 
 def make_batch(tokenizer, groups: int, g: int, length: int, seed: int = 0) -> list[TaggedGroup]:
@@ -49,12 +54,13 @@ def make_batch(tokenizer, groups: int, g: int, length: int, seed: int = 0) -> li
     return out
 
 
-def run(quick: bool = True) -> list[Figure]:
+def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[float, float], tuple[float, float], int]:
+    """(HSD, GRPO) steps/s and (GRPO, bare) tokens/s on one batch for a model of ``sizes``."""
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        path = build_tiny_model(tmp, seed=0, **SIZES)
+        path = build_tiny_model(tmp, seed=0, **sizes)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        batch = make_batch(tokenizer, 4, 8, 64 if quick else 256)
+        batch = make_batch(tokenizer, 4, 8, length)
         trainers, samples = {}, {}
         for method in ("grpo", "hsd"):
             config = load_config(environ={}, overrides=[f'algorithm.method="{method}"', "learner.lr=1e-6",
@@ -63,6 +69,7 @@ def run(quick: bool = True) -> list[Figure]:
             trainers[method] = TorchTrainer(model, config, tokenizer.pad_token_id)
             samples[method] = build_samples(batch, tokenizer, config.algorithm)
         tokens = sum(s.length for s in samples["grpo"])
+        params = sum(p.numel() for p in trainers["grpo"].model.parameters())
 
         def step(method: str) -> float:
             t = time.perf_counter()
@@ -83,17 +90,32 @@ def run(quick: bool = True) -> list[Figure]:
             bare_opt.step()
             return tokens / (time.perf_counter() - t)
 
-        repeats = 5 if quick else 11
         for m in trainers:  # warm-up
             step(m)
-        hsd, grpo = interleaved(lambda: step("hsd"), lambda: step("grpo"), repeats)
-        ours, baseline = interleaved(lambda: step("grpo") * tokens, bare, repeats)
-    return [
+        steps = interleaved(lambda: step("hsd"), lambda: step("grpo"), repeats)
+        rates = interleaved(lambda: step("grpo") * tokens, bare, repeats)
+    return steps, rates, params
+
+
+def run(quick: bool = True) -> list[Figure]:
+    length = 64 if quick else 256
+    (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 5 if quick else 11)
+    figures = [
         Figure("learner_hsd_vs_grpo_step_time", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
-               f"B=4 x G=8 x {64 if quick else 256} tokens, 5M-param Qwen3, CPU"),
+               f"B=4 x G=8 x {length} tokens, {params / 1e6:.0f}M-param Qwen3, CPU"),
         Figure("learner_grpo_tokens_per_s", ours, baseline, ">= 0.8", "tokens/s",
                "vs bare forward+backward+AdamW of the same sequences"),
     ]
+    if not quick:  # scaling: the same figures for a smaller and a larger model
+        for label, sizes in SCALING.items():
+            (hsd, grpo), (ours, baseline), params = measure(sizes, length, 7)
+            figures += [
+                Figure(f"learner_hsd_vs_grpo_step_time_{label}", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
+                       f"{params / 1e6:.1f}M params, B=4 x G=8 x {length} tokens"),
+                Figure(f"learner_grpo_tokens_per_s_{label}", ours, baseline, ">= 0.8", "tokens/s",
+                       f"{params / 1e6:.1f}M params"),
+            ]
+    return figures
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ class TrainingSample:
     policy_version: int
     group_id: str
     index: int  # sample index in its group
-    peer_ids: list[int] | None  # y⁺ when the teacher saw a peer (for the divergence statistics)
-    peer_ref: str | None  # "group_id/index" of the peer, for the credit log
+    peer_ids: list[int] | None  # y⁺: the successful peer the divergence is measured against (HSD's teacher reads it)
+    peer_ref: str | None  # "group_id/index" of that peer, for the credit log
 
     @property
     def length(self) -> int:
@@ -65,7 +65,9 @@ def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, algo: AlgorithmC
             y = s.ids.tolist()
             teacher = peer_ids = peer_ref = None
             if algo.method in TEACHER_METHODS:
-                peer_text, peer_ids, peer_ref = _peer(t, i) if algo.method == "hsd" else (None, None, None)
+                # every method's credit is measured against the sample's successful peer (its
+                # divergence statistics compare teachers); only HSD's teacher reads the peer
+                peer_text, peer_ids, peer_ref = _peer(t, i)
                 teacher = teacher_input(
                     algo.method, tokenizer, g.prompt, y, tag=t.tags[i], peer_text=peer_text,
                     answer=g.answer, success=s.success, peer_with_answer=algo.peer_with_answer)

@@ -120,8 +120,9 @@ class Learner:
         c = self.config
         sampling = SamplingSettings(n=c.learner.eval_samples, max_tokens=c.model.max_response_tokens,
                                     temperature=c.actor.temperature, top_p=c.actor.top_p)
+        # one fixed held-out set and decoding seed for every run, so that runs compare
         return HeldOutEval(self._task(), self.model, self.tokenizer, problems=c.learner.eval_problems,
-                           sampling=sampling, seed=c.run.seed) or None
+                           sampling=sampling, seed=0) or None
 
     def _evaluate(self) -> None:
         if self.evaluation is None or self.step in self.eval_by_step:

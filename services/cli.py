@@ -216,6 +216,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from learner.tiny_model import resolve_model
+    from services.experiment import markdown, run_all
+
+    if args.config is None:
+        args.config = str(Path(__file__).with_name("embedded.toml"))
+    extra: dict[str, Any] = {"run": {"steps": args.steps}} if args.steps else {}
+    config = _load(args, extra)
+    out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = run_all(config, resolve_model(config.model.path), args.methods.split(","),
+                      list(range(args.seeds)), out, actors=args.actors)
+    print(markdown(results["table"], results["methods"]), end="")
+    for method, a in results["credit_alignment"].items():
+        print(f"{method}: mean |δ| by offset from the divergence {a['offsets'][0]}..{a['offsets'][-1]}: "
+              + " ".join("-" if v is None else f"{v:.2f}" for v in a["abs_delta"]))
+    print(f"results, table and plots in {out}")
+    return EXIT_OK
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--methods", default="grpo,opsd,hsd,sdzero", help="comma-separated (default: all four)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--steps", type=int, help="steps per run (the sample budget is steps × B × G)")
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--out", help="output dir (default runs/compare-TIMESTAMP)")
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from services.config import config_hash, to_toml
 
@@ -303,6 +334,7 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
     ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, _verify_flags),
     ("top", "live terminal view of a run's metrics", cmd_top, _top_flags),
     ("config", "print the resolved configuration and its hash", cmd_config, _config_flags),
+    ("compare", "train each method over seeds on the embedded default and compare", cmd_compare, _compare_flags),
 ]
 
 

@@ -99,6 +99,12 @@ class LearnerConfig(_Section):
     eval_problems: Annotated[int, Field(ge=1)] = 64  # fixed problems of the task's test split
     eval_samples: Annotated[int, Field(ge=1)] = 4  # per problem, at the actors' temperature
 
+    @model_validator(mode="after")
+    def _engine_is_built(self) -> LearnerConfig:
+        if self.engine == "deepspeed":  # in DESIGN, not built yet: refuse rather than train with torch
+            raise ValueError("engine 'deepspeed' is not built yet; use 'torch'")
+        return self
+
 
 class AlgorithmConfig(_Section):
     method: Literal["grpo", "hsd", "sdzero", "opsd", "srt"] = "hsd"

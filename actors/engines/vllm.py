@@ -57,7 +57,9 @@ class VLLMEngine(Engine):
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                       max_model_len=max_model_len, seed=seed, enforce_eager=True,
+                       max_model_len=max_model_len, seed=seed,
+                       # CUDA graphs on a GPU; the CPU backend runs eagerly
+                       enforce_eager=not torch.cuda.is_available(),
                        logprobs_mode="processed_logprobs")
         self.tokenizer = self.llm.get_tokenizer()
         self.expected = checkpoint_shapes(model_path)
