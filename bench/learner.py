@@ -99,19 +99,19 @@ def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[flo
 
 def run(quick: bool = True) -> list[Figure]:
     length = 64 if quick else 256
-    (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 5 if quick else 11)
+    (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 5)
     figures = [
         Figure("learner_hsd_vs_grpo_step_time", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
                f"B=4 x G=8 x {length} tokens, {params / 1e6:.0f}M-param Qwen3, CPU"),
         Figure("learner_grpo_tokens_per_s", ours, baseline, ">= 0.8", "tokens/s",
                "vs bare forward+backward+AdamW of the same sequences"),
     ]
-    if not quick:  # scaling: the same figures for a smaller and a larger model
+    if not quick:  # scaling: the same figures for a smaller and a larger model (64-token responses)
         for label, sizes in SCALING.items():
-            (hsd, grpo), (ours, baseline), params = measure(sizes, length, 7)
+            (hsd, grpo), (ours, baseline), params = measure(sizes, 64, 5)
             figures += [
                 Figure(f"learner_hsd_vs_grpo_step_time_{label}", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
-                       f"{params / 1e6:.1f}M params, B=4 x G=8 x {length} tokens"),
+                       f"{params / 1e6:.1f}M params, B=4 x G=8 x 64 tokens"),
                 Figure(f"learner_grpo_tokens_per_s_{label}", ours, baseline, ">= 0.8", "tokens/s",
                        f"{params / 1e6:.1f}M params"),
             ]

@@ -67,11 +67,11 @@ def run(quick: bool = True, model: str = "tiny") -> list[Figure]:
     from learner.tiny_model import resolve_model
 
     model = resolve_model(model)
-    steps = 8 if quick else 30
-    etas = [1, 2, 4]
+    steps = 8 if quick else 20
     figures = []
     with tempfile.TemporaryDirectory(prefix="hsd-bench-pipeline-") as tmp:
-        for actors in [1] if quick else [1, 2]:
+        # --full adds a scaling row: two actor processes sharing the actors' cores
+        for actors, etas in [(1, [1, 2, 4])] + ([] if quick else [(2, [1])]):
             sync = run_once(model, 0, steps, actors, Path(tmp))
             runs = {eta: run_once(model, eta, steps, actors, Path(tmp)) for eta in etas}
             figures += figures_for(actors, etas, sync, runs)
