@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: run test test-main test-vllm lint bench bench-vllm proto venv clean
+.PHONY: run test test-main test-vllm lint bench bench-vllm reproduce proto venv clean
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -34,6 +34,10 @@ test-vllm: $(VLLM_BIN)/hsd
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+
+# the methods compared on the embedded default (hsd compare; ~16 min on 2 cores)
+reproduce: venv
+	$(BIN)/hsd compare $(ARGS)
 
 bench-vllm: $(VLLM_BIN)/hsd
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m bench.run --only actor_engine_vllm $(ARGS)

@@ -97,7 +97,7 @@ def credit_alignment(runs: list[dict]) -> dict[str, dict[str, Any]]:
                 if 0 <= d + k < len(rec["delta"]):
                     acc[k].append(abs(rec["delta"][d + k]))
     return {m: {"offsets": list(OFFSETS), "abs_delta": [statistics.fmean(v[k]) if v[k] else None for k in OFFSETS],
-                "samples": len(v[0])} for m, v in sums.items()}
+                "samples": len(v[0])} for m, v in sums.items() if v[0]}
 
 
 def plot_accuracy(runs: list[dict], methods: list[str], path: Path) -> None:

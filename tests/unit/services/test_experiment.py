@@ -27,8 +27,11 @@ def test_credit_alignment_averages_failed_samples_around_their_divergence(tmp_pa
         {"reward": 0.0, "divergence": None, "delta": [9.0]},  # no peer: not counted
     ]
     (tmp_path / "credit.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    result = credit_alignment([{"method": "hsd", "dir": str(tmp_path)}, {"method": "grpo", "dir": str(tmp_path / "none")}])
-    assert set(result) == {"hsd"}  # grpo has no credit log
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "credit.jsonl").write_text("")  # no teacher: nothing is logged
+    result = credit_alignment([{"method": "hsd", "dir": str(tmp_path)}, {"method": "grpo", "dir": str(tmp_path / "grpo")},
+                               {"method": "grpo", "dir": str(tmp_path / "none")}])
+    assert set(result) == {"hsd"}  # grpo's log is empty or absent
     a = dict(zip(result["hsd"]["offsets"], result["hsd"]["abs_delta"], strict=True))
     assert result["hsd"]["samples"] == 2 and result["hsd"]["offsets"] == list(OFFSETS)
     assert a[0] == pytest.approx(1.5) and a[-1] == pytest.approx(0.2) and a[1] == pytest.approx(0.35)
