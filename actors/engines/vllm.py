@@ -91,15 +91,19 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        # token ids and the sampled token's log-prob only: vLLM's detokenizing (of the text
+        # and of every log-prob entry) is skipped, the text is decoded once at the end
         params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, logprobs=0)
+                                top_p=sampling.top_p, logprobs=0, flat_logprobs=True, detokenize=False)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
         return [[self._completion(o) for o in out.outputs] for out in outputs]
 
     def _completion(self, output) -> Completion:
         ids = list(output.token_ids)
-        # logprobs[t] maps token id -> Logprob for the sampled token (and the top-0 rest)
-        logprobs = [step[tok].logprob for tok, step in zip(ids, output.logprobs, strict=True)]
+        flat = output.logprobs  # FlatLogprobs: with logprobs=0, one entry per position, the sampled token's
+        if flat.token_ids != ids or len(flat.start_indices) != len(ids):
+            raise RuntimeError("vLLM returned log-probs that are not the sampled tokens'")
+        logprobs = list(flat.logprobs)
         finish = "stop" if output.finish_reason == "stop" else "length"
         return Completion(ids, logprobs, finish, self.tokenizer.decode(ids, skip_special_tokens=True))
