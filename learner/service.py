@@ -173,7 +173,8 @@ class Learner:
             self.metrics.idle_fraction.set(self.idle_s / max(self.loop_s, 1e-9))
             if batch is not None and every and self.step % every == 0:
                 self._evaluate()
-        self._evaluate()
+        if not self.stop_event.is_set():  # a stop asked for (SIGTERM) does not wait for an evaluation
+            self._evaluate()
         self.checkpoint()
         self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
         progress.close()
