@@ -95,18 +95,23 @@ def _accepted_revision(g, i: int, tokenizer: Any) -> list[TrainingSample]:
         group_id=g.group_id, index=i, peer_ids=None, peer_ref=None)]
 
 
-def microbatches(samples: Sequence[TrainingSample], token_budget: int) -> list[list[int]]:
+def length_buckets(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Indices grouped so that each group's padded size (rows × longest sequence) stays
     within ``token_budget``; sequences of similar length go together (less padding)."""
-    order = sorted(range(len(samples)), key=lambda k: len(samples[k].student.ids))
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
     groups, current, longest = [], [], 0
     for k in order:
-        n = max(len(samples[k].student.ids), len(samples[k].teacher.ids) if samples[k].teacher else 0)
-        if current and max(longest, n) * (len(current) + 1) > token_budget:
+        if current and max(longest, lengths[k]) * (len(current) + 1) > token_budget:
             groups.append(current)
             current, longest = [], 0
         current.append(k)
-        longest = max(longest, n)
+        longest = max(longest, lengths[k])
     if current:
         groups.append(current)
     return groups
+
+
+def microbatches(samples: Sequence[TrainingSample], token_budget: int) -> list[list[int]]:
+    """:func:`length_buckets` over each sample's longer view (student or teacher)."""
+    return length_buckets([max(len(s.student.ids), len(s.teacher.ids) if s.teacher else 0) for s in samples],
+                          token_budget)

@@ -1,7 +1,10 @@
 """Checkpoints: ``DIR/step-NNNNNN/`` holding
 
 - ``model/``: Hugging Face weights + tokenizer (``from_pretrained`` / vLLM can serve it),
-- ``trainer.pt``: optimiser state, teacher-policy state, RNG states,
+- the trainer's own state (``TorchTrainer.save_state``): ``optimizer.pt`` (optimiser and
+  teacher policy) for torch; DeepSpeed's per-rank ZeRO partitions under ``deepspeed/``,
+  which every rank writes (the checkpoint dir must be on storage all ranks share),
+- ``rng.pt``: the RNG states,
 - ``meta.json``: step, policy version, the newest rollout-stream entry this checkpoint
   acknowledges (the replay's acked position), and the config hash.
 
@@ -48,18 +51,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(root: str | Path, meta: CheckpointMeta, model: Any, tokenizer: Any, optimizer: torch.optim.Optimizer,
-         teacher_state: dict[str, Any], keep: int = 3) -> Path:
+def save(root: str | Path, meta: CheckpointMeta, trainer: Any, tokenizer: Any, keep: int = 3) -> Path:
+    """Called by the lead process; ``trainer``'s collective calls bring the others along."""
     root = Path(root)
     final = root / f"{PREFIX}{meta.step:06d}"
     tmp = root / f".tmp-{PREFIX}{meta.step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "model").mkdir(parents=True)
-    model.save_pretrained(tmp / "model")
+    trainer.model.save_pretrained(tmp / "model", state_dict=trainer.full_state_dict())
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
-    torch.save({"optimizer": optimizer.state_dict(), "teacher": teacher_state, "rng": _rng_state()},
-               tmp / "trainer.pt")
+    trainer.save_state(tmp)
+    torch.save(_rng_state(), tmp / "rng.pt")
     (tmp / "meta.json").write_text(json.dumps(meta.__dict__))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -85,8 +88,6 @@ def read_meta(path: Path) -> CheckpointMeta:
     return CheckpointMeta(**json.loads((path / "meta.json").read_text()))
 
 
-def restore_trainer(path: Path, optimizer: torch.optim.Optimizer, teacher: Any) -> None:
-    state = torch.load(path / "trainer.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    teacher.load_state_dict(state["teacher"])
-    _set_rng_state(state["rng"])
+def restore_trainer(path: Path, trainer: Any) -> None:
+    trainer.load_state(path)
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))

@@ -38,7 +38,7 @@ from learner import checkpoint as ckpt
 from learner.batch import TrainingSample, build_samples
 from learner.context import assert_shared_vocabulary
 from learner.credit import CreditProfile, credit_profile
-from learner.trainer import StepResult, TorchTrainer
+from learner.trainer import StepResult, make_trainer
 from services.config import Config, config_hash
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
 from services.records import PromptItem
@@ -52,29 +52,17 @@ log = logging.getLogger(__name__)
 class Learner:
     def __init__(self, config: Config, client: redis.Redis, model_path: str, *, resume: bool = False,
                  registry: CollectorRegistry = REGISTRY, prompts: Any = None) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.config = config
         self.client = client
         self.keys = Keys(config.run.name)
         self.run_dir = Path(config.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop_event = threading.Event()
-        torch.manual_seed(config.run.seed)
-        resume_from = ckpt.latest(self.ckpt_dir) if resume else None
-        load_from = str(resume_from / "model") if resume_from else model_path
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=config.model.trust_remote_code)
-        assert_shared_vocabulary(self.tokenizer, AutoTokenizer.from_pretrained(model_path))
-        self.model = AutoModelForCausalLM.from_pretrained(
-            load_from, dtype=dtype, trust_remote_code=config.model.trust_remote_code).to(device)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.trainer = TorchTrainer(self.model, config, pad)
+        resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume)
         self.step, self.version = 0, 0
         if resume_from:
             meta = ckpt.read_meta(resume_from)
-            ckpt.restore_trainer(resume_from, self.trainer.optimizer, self.trainer.teacher)
+            ckpt.restore_trainer(resume_from, self.trainer)
             self.step, self.version = meta.step, meta.version
             log.info("resumed from %s at step %d, version %d", resume_from, self.step, self.version)
         self.metrics = LearnerMetrics(registry)
@@ -150,10 +138,11 @@ class Learner:
         self.stop_event.set()
 
     def close(self) -> None:
+        self.trainer.close()
         self.weights.stop(grace=1.0)
 
     def _publish(self) -> None:
-        self.weights.publish(self.version, self.model.state_dict())
+        self.weights.publish(self.version, self.trainer.full_state_dict())
         self.metrics.policy_version.set(self.version)
 
     def run(self, steps: int | None = None) -> None:
@@ -208,7 +197,7 @@ class Learner:
             return
         acked = max((t.entry_id for t in self.unacked), key=_entry_order, default=b"").decode()
         ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config)),
-                  self.model, self.tokenizer, self.trainer.optimizer, self.trainer.teacher.state_dict())
+                  self.trainer, self.tokenizer)
         self.replay.commit(self.unacked)
         self.unacked = []
 
@@ -294,6 +283,29 @@ class Learner:
             "trained_samples": self.trained_samples,
             "eval_accuracy_by_step": {str(k): round(v, 4) for k, v in sorted(self.eval_by_step.items())},
         }
+
+
+def load_trainer(config: Config, model_path: str, resume: bool):
+    """The checkpoint resumed from (or None), model, tokenizer and training engine: the
+    same on every rank of a DeepSpeed job."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(config.run.seed)
+    resume_from = ckpt.latest(Path(config.run.dir) / "checkpoints") if resume else None
+    load_from = str(resume_from / "model") if resume_from else model_path
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
+    remote = config.model.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=remote)
+    assert_shared_vocabulary(tokenizer, AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote))
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, trust_remote_code=remote).to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return resume_from, model, tokenizer, make_trainer(model, config, pad)
+
+
+def follow(config: Config, model_path: str, resume: bool) -> None:
+    """A DeepSpeed rank other than 0: the same engine, driven by rank 0's Learner."""
+    load_trainer(config, model_path, resume)[3].follow()
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 TINY = "tiny"
-TINY_VERSION = "v3"  # bump when the architecture, tokenizer or warm start changes
+TINY_VERSION = "v4"  # bump when the architecture, tokenizer or warm start changes
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]

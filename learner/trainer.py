@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -72,6 +73,61 @@ class TorchTrainer:
         resp = resp.float() / self.temperature
         return token_logprobs(resp, resp_ids) * mask, resp, mask
 
+    # ------------------------------------------------------------------ engine hooks
+    # A data-parallel engine (learner.deepspeed_trainer) overrides these; the step itself
+    # is written once, below.
+
+    @property
+    def student(self) -> torch.nn.Module:
+        """The module the student forward/backward runs through."""
+        return self.model
+
+    def plan(self, samples: Sequence[TrainingSample]) -> list[list[int]]:
+        """This process's micro-batches (indices into ``samples``)."""
+        return microbatches(samples, self.config.learner.microbatch_tokens)
+
+    def idle_pass(self, sample: TrainingSample) -> None:
+        """Stands in for a micro-batch this process does not have (data parallel only)."""
+
+    def idle_teacher_pass(self, sample: TrainingSample) -> None:
+        """Stands in for a teacher forward this process does not need (data parallel only)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self) -> float:
+        """Clip, step; the gradient norm before clipping."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.learner.grad_clip)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    def after_step(self) -> None:
+        self.teacher.after_step(self.model)
+
+    def merge(self, credit: dict[int, torch.Tensor], is_stats: list[dict[str, float]],
+              totals: dict[str, float]) -> tuple[dict[int, torch.Tensor], list[dict[str, float]], dict[str, float]]:
+        """What every process of the step measured, together (data parallel only)."""
+        return credit, is_stats, totals
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole weights, for publication and the Hugging Face checkpoint."""
+        return self.model.state_dict()
+
+    def save_state(self, directory: Path) -> None:
+        """Optimiser and teacher state into ``directory`` (a checkpoint being written)."""
+        torch.save({"optimizer": self.optimizer.state_dict(), "teacher": self.teacher.state_dict()},
+                   directory / "optimizer.pt")
+
+    def load_state(self, directory: Path) -> None:
+        state = torch.load(directory / "optimizer.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.teacher.load_state_dict(state["teacher"])
+
+    def close(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ the step
+
     def train_step(self, samples: Sequence[TrainingSample]) -> StepResult:
         start = time.perf_counter()
         if not samples:  # e.g. an srt batch without one accepted revision: nothing to learn from
@@ -81,7 +137,7 @@ class TorchTrainer:
         n_seq = len(samples)
         norm = {"num_tokens": n_tok, "num_sequences": n_seq,
                 "constant_length": self.algo.constant_length or self.config.model.max_response_tokens}
-        groups = microbatches(samples, self.config.learner.microbatch_tokens)
+        groups = self.plan(samples)
         teacher_lp: dict[int, torch.Tensor] = {}
         teacher_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         old_lp: dict[int, torch.Tensor] = {}
@@ -90,10 +146,13 @@ class TorchTrainer:
         for epoch in range(self.config.learner.epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for mb in groups:
+                if not mb:
+                    self.idle_pass(samples[0])
+                    continue
                 batch = [samples[k] for k in mb]
                 if epoch == 0:
                     self._score_teacher(mb, batch, teacher_lp, teacher_top)
-                logp, logits, mask = self._forward(self.model, [s.student for s in batch])
+                logp, logits, mask = self._forward(self.student, [s.student for s in batch])
                 width = mask.shape[1]
                 if epoch == 0:
                     for row, k in enumerate(mb):
@@ -104,19 +163,19 @@ class TorchTrainer:
                                               self.algo.is_rho_max, self.algo.is_rho_min)
                 is_stats.append(stats)
                 loss = self._loss(mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm)
-                loss.backward()
+                self.backward(loss)
                 totals["loss"] += float(loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.learner.grad_clip)
-            self.optimizer.step()
-        self.teacher.after_step(self.model)
-        credit = {k: teacher_lp[k] - old_lp[k] for k in teacher_lp}
-        metrics = self._metrics(samples, credit, is_stats, totals, float(grad_norm))
+            grad_norm = self.optimizer_step()
+        self.after_step()
+        credit, is_stats, totals = self.merge({k: teacher_lp[k] - old_lp[k] for k in teacher_lp}, is_stats, totals)
+        metrics = self._metrics(samples, credit, is_stats, totals, grad_norm)
         return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
 
     @torch.no_grad()
     def _score_teacher(self, mb, batch, teacher_lp, teacher_top) -> None:
         rows = [(k, s) for k, s in zip(mb, batch, strict=True) if s.teacher is not None]
         if not rows:
+            self.idle_teacher_pass(batch[0])
             return
         module = self.teacher.module(self.model)
         was_training = module.training
@@ -176,3 +235,12 @@ class TorchTrainer:
             "credit_sq": float((deltas * deltas).mean()) if deltas.numel() else 0.0,
             "distilled_fraction": len(credit) / max(len(samples), 1),
         }
+
+
+def make_trainer(model: torch.nn.Module, config: Config, pad_id: int) -> TorchTrainer:
+    """The engine ``[learner] engine`` names."""
+    if config.learner.engine == "deepspeed":
+        from learner.deepspeed_trainer import DeepSpeedTrainer
+
+        return DeepSpeedTrainer(model, config, pad_id)
+    return TorchTrainer(model, config, pad_id)

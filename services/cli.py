@@ -149,11 +149,22 @@ def cmd_learner(args: argparse.Namespace) -> int:
         print("hsd learner: no Redis: set [redis] url (or HSD_REDIS__URL); `hsd run` starts one for you",
               file=sys.stderr)
         return EXIT_USAGE
-    from learner.service import Learner
+    from learner.service import Learner, follow
     from learner.tiny_model import resolve_model
     from services.config import to_toml
     from services.redis_client import connect
 
+    if config.learner.engine == "deepspeed":  # started by torchrun, one process per rank
+        from learner.deepspeed_trainer import init_process_group, is_follower
+
+        init_process_group()
+        if is_follower():
+            # rank 0 alone handles a stop, then releases the followers; killed first,
+            # they would leave it waiting in a collective
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            follow(config, resolve_model(config.model.path), args.resume)
+            return EXIT_OK
     log.info("resolved configuration:\n%s", to_toml(config))
     learner = Learner(config, connect(config.redis.url, config.redis.retry_seconds),
                       resolve_model(config.model.path), resume=args.resume).start()

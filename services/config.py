@@ -86,6 +86,7 @@ class ActorConfig(_Section):
 class LearnerConfig(_Section):
     engine: Literal["torch", "deepspeed"] = "torch"
     zero_stage: Literal[2, 3] = 2
+    processes: Annotated[int, Field(ge=1)] = 1  # ranks `hsd run` starts under torchrun (engine deepspeed)
     batch_groups: Annotated[int, Field(ge=1)] = 4
     max_staleness: Annotated[int, Field(ge=0)] = 1  # η: groups older than η versions drop
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-5
@@ -100,9 +101,19 @@ class LearnerConfig(_Section):
     eval_samples: Annotated[int, Field(ge=1)] = 4  # per problem, at the actors' temperature
 
     @model_validator(mode="after")
-    def _engine_is_built(self) -> LearnerConfig:
-        if self.engine == "deepspeed":  # in DESIGN, not built yet: refuse rather than train with torch
-            raise ValueError("engine 'deepspeed' is not built yet; use 'torch'")
+    def _engine_is_usable(self) -> LearnerConfig:
+        if self.engine != "deepspeed":
+            if self.processes > 1:
+                raise ValueError("processes > 1 needs engine 'deepspeed'")
+            return self
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("engine 'deepspeed' needs the deepspeed package: pip install --no-build-isolation "
+                             "deepspeed (scripts/setup-venv does)")
+        if self.zero_stage == 3 and self.eval_every:
+            # held-out evaluation generates on rank 0 alone, which ZeRO-3's sharded weights don't allow
+            raise ValueError("eval_every must be 0 with engine 'deepspeed' and zero_stage 3")
         return self
 
 

@@ -107,11 +107,19 @@ class Launcher:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.placement.env(role)}
         # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
         # but never outliving the launcher, even if it is killed with -9
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", *args], stdout=log_file,
+        proc = subprocess.Popen([*self._launcher(role), "-m", "services.cli", *args], stdout=log_file,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True, preexec_fn=self.placement.preexec(role))
         self.procs[name] = proc
         return proc
+
+    def _launcher(self, role: str) -> list[str]:
+        """The interpreter, or torchrun for a DeepSpeed learner (one process per rank)."""
+        lc = self.config.learner
+        if role == "learner" and lc.engine == "deepspeed":
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(lc.processes)]
+        return [sys.executable]
 
     def _common(self, name: str) -> list[str]:
         return ["--config", str(self.run_dir / "config.toml"), "--set", f'redis.url="{self.url}"',

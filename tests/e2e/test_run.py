@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 import redis
+import torch
 
 from services.streams import ROLLOUT_FIELD, Keys
 
@@ -158,3 +159,31 @@ def test_srt_run_then_an_sdzero_run_from_its_checkpoint(tmp_path, tiny_model_dir
     sdzero = run("sdzero", str(srt_model), tmp_path / "sdzero")
     assert sdzero["method"] == "sdzero" and sdzero["final_version"] == 3
     assert f'path = "{srt_model}"' in (tmp_path / "sdzero" / "config.toml").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.deepspeed
+def test_a_deepspeed_learner_on_two_ranks(tmp_path, tiny_model_dir):
+    """`hsd run` with the DeepSpeed engine: torchrun starts two gloo ranks (ZeRO-2); rank 0
+    serves, both train; the checkpoints hold both ranks' partitions and whole HF weights."""
+    pytest.importorskip("deepspeed")
+    from transformers import AutoModelForCausalLM
+
+    run_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "run", "--steps", "4", "--actors", "1", "--run-dir", str(run_dir),
+         "--set", f'model.path="{tiny_model_dir}"', "--set", 'learner.engine="deepspeed"',
+         "--set", "learner.processes=2", "--set", "actor.group_size=4", "--set", "model.max_response_tokens=12",
+         "--set", "learner.batch_groups=2", "--set", "learner.checkpoint_every=2", "--set", "learner.lr=1e-3",
+         "--set", "learner.eval_every=0"], capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_version"] == 4 and summary["groups"]["trained"] == 8
+    assert max(summary["actor_versions"].values()) >= 1
+    last = run_dir / "checkpoints" / "step-000004"
+    partitions = sorted(p.name for p in (last / "deepspeed" / "state").glob("*optim_states.pt"))
+    assert len(partitions) == 2 and "rank_0" in partitions[0] and "rank_1" in partitions[1]
+    trained = AutoModelForCausalLM.from_pretrained(last / "model").state_dict()
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(v, initial[k]) for k, v in trained.items())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 import msgpack
 import numpy as np
 import pytest
@@ -11,57 +9,15 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.tasks.arith import ArithTask
 from learner.batch import build_samples
-from learner.context import reviser_context, srt_input, student_input
-from learner.logprobs import score_responses
+from learner.context import reviser_context
 from learner.service import Learner
 from learner.trainer import TorchTrainer
-from learner.warm_start import corrupt
 from services.codec import encode_group
 from services.config import load_config
-from services.peers import assign_peers
-from services.prompts import render_prompt_ids
-from services.records import Revision, RolloutGroup, Sample
-from services.replay import TaggedGroup
+from services.records import RolloutGroup, Sample
 from services.streams import ROLLOUT_FIELD, Keys, publish_group
-
-
-def _groups(model_dir, n_groups: int, run: str = "t", seed: int = 0) -> list[RolloutGroup]:
-    """Groups of real solutions and corrupted ones, with μ from the model itself."""
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    rng = random.Random(seed)
-    problems = ArithTask().problems("train", seed=seed)
-    out = []
-    for g in range(n_groups):
-        p = next(problems)
-        prompt_ids = render_prompt_ids(tok, p.prompt)
-        texts = [p.reference, corrupt(p.reference, rng), corrupt(p.reference, rng), p.reference]
-        samples = []
-        for text in texts:
-            y = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
-            ok = text == p.reference
-            # srt's reviser continuation: right after a wrong attempt, wrong after a right one
-            revised = corrupt(p.reference, rng) if ok else p.reference
-            r = tok.encode(revised, add_special_tokens=False) + [tok.eos_token_id]
-            with torch.no_grad():
-                mu, _, _ = score_responses(model, [student_input(prompt_ids, y),
-                                                   srt_input(tok, p.prompt, y, ok, r)], tok.pad_token_id)
-            revision = Revision(np.asarray(r, np.int32), mu[1, : len(r)].numpy().astype(np.float32),
-                                float(not ok), not ok, revised)
-            samples.append(Sample(np.asarray(y, np.int32), mu[0, : len(y)].numpy().astype(np.float32), float(ok),
-                                  ok, "stop", text, revision))
-        out.append(RolloutGroup(run=run, group_id=f"{seed}-{g:03d}", prompt_id=p.prompt_id, task="arith",
-                                actor="test", created=0.0, policy_version=0, prompt=p.prompt,
-                                prompt_ids=np.asarray(prompt_ids, np.int32), answer=p.answer,
-                                samples=tuple(samples)))
-    return out
-
-
-def _tagged(groups) -> list[TaggedGroup]:
-    return [TaggedGroup(b"0-0", g, assign_peers([s.success for s in g.samples], [len(s.ids) for s in g.samples],
-                                                has_answer=True, rng=random.Random(0))) for g in groups]
+from tests.integration.batches import real_groups, tagged
 
 
 @pytest.mark.parametrize(("method", "loss"), [
@@ -77,7 +33,7 @@ def test_one_step_per_method_lowers_the_loss_on_a_fixed_batch(tiny_model_dir, me
         'algorithm.teacher="frozen"', f'algorithm.advantage="{"none" if distill else "grpo"}"'])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    samples = build_samples(_tagged(_groups(tiny_model_dir, 3)), tok, config.algorithm)
+    samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, config.algorithm)
     distilled = [s.teacher is not None for s in samples]
     assert any(distilled) == distill
     trainer = TorchTrainer(model, config, tok.pad_token_id)
@@ -91,8 +47,8 @@ def test_one_step_per_method_lowers_the_loss_on_a_fixed_batch(tiny_model_dir, me
 def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_model_dir):
     config = load_config(environ={}, overrides=['algorithm.method="srt"'])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    groups = _groups(tiny_model_dir, 2)
-    samples = build_samples(_tagged(groups), tok, config.algorithm)
+    groups = real_groups(tiny_model_dir, 2)
+    samples = build_samples(tagged(groups), tok, config.algorithm)
     accepted = [(g, i) for g in groups for i, s in enumerate(g.samples) if s.revision.success]
     assert len(samples) == len(accepted) == 4  # the revisions of the two wrong attempts per group
     for sample, (g, i) in zip(samples, accepted, strict=True):
@@ -103,7 +59,7 @@ def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_mode
         assert torch.equal(sample.behaviour, torch.from_numpy(s.revision.logprobs))
         assert not s.success  # only wrong attempts were revised into right ones here
     trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
-    none_accepted = build_samples(_tagged([RolloutGroup(**{**groups[0].__dict__, "samples": tuple(
+    none_accepted = build_samples(tagged([RolloutGroup(**{**groups[0].__dict__, "samples": tuple(
         Sample(**{**s.__dict__, "revision": None}) for s in groups[0].samples)})]), tok, config.algorithm)
     assert none_accepted == [] and trainer.train_step(none_accepted).metrics["loss"] == 0.0
 
@@ -126,7 +82,7 @@ def _weights(learner: Learner) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_resume_and_crash_recovery_end_with_the_uninterrupted_weights(client, tiny_model_dir, tmp_path):
-    groups = _groups(tiny_model_dir, 8)
+    groups = real_groups(tiny_model_dir, 8)
 
     def publish(run):
         for g in groups:
@@ -159,7 +115,7 @@ def test_resume_and_crash_recovery_end_with_the_uninterrupted_weights(client, ti
 
 def test_poison_entries_are_rejected_counted_and_never_trained_on(client, tiny_model_dir, tmp_path):
     run = "poison"
-    good = _groups(tiny_model_dir, 2, run=run)
+    good = real_groups(tiny_model_dir, 2, run=run)
     poison = msgpack.unpackb(bytes(encode_group(good[0])), raw=False)
     poison["samples"][0]["logprobs"] = np.full(len(good[0].samples[0].ids), np.nan, "<f4").tobytes()
     keys = Keys(run)
