@@ -48,8 +48,18 @@ CHECKPOINT_TAG = "state"
 
 
 def init_process_group() -> None:
-    """Join the ``torchrun`` job this process was started by (gloo on CPU, NCCL on GPUs)."""
+    """Join the ``torchrun`` job this process was started by (gloo on CPU, NCCL on GPUs);
+    started without torchrun, it is a job of one."""
     import deepspeed
+
+    if "RANK" not in os.environ:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(port)})
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -90,6 +100,9 @@ class DeepSpeedTrainer(TorchTrainer):
         # ZeRO-3 gathers parameters in every forward of the student module, so the
         # `current` teacher's forward is a collective too; a copied teacher is local.
         self.teacher_in_step = self.stage == 3 and isinstance(self.teacher, CurrentTeacher)
+        # ...and then every rank must make the same number of teacher forward calls: one
+        # per micro-batch, which sharing contexts (one or two, by the data) would break.
+        self.share_contexts = not self.teacher_in_step
 
     # ------------------------------------------------------------------ rank 0 leads
 

@@ -74,3 +74,54 @@ def score_responses(
     logits = model(input_ids=ids, attention_mask=attn).logits
     resp_logits, resp_ids, mask = response_logits(logits, inputs)
     return token_logprobs(resp_logits, resp_ids) * mask, resp_logits, mask
+
+
+def shared_prefix_logits(
+    model: Any, inputs: Sequence[ScoringInput], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`response_logits` of the batch, with each distinct context (``ids[:start]``)
+    run once: teacher views that share a prompt + peer (HSD) or prompt + answer (OPSD)
+    differ only in the response. ``None`` when no two inputs share a context.
+
+    Two forward passes. The U distinct contexts, left-padded to P so that every last
+    position is P-1, give the KV cache [U, P] and the logits that predict y_0. The cache
+    rows are then repeated per input (``batch_select_indices``) and the responses, minus
+    their last token, right-padded to W, run against it with position ids continuing each
+    context and an attention mask [B, P + W] that hides both paddings. Logits are computed
+    for response positions only, never for the contexts' tokens.
+    """
+    contexts: dict[tuple[int, ...], int] = {}
+    which = [contexts.setdefault(tuple(x.ids[: x.start]), len(contexts)) for x in inputs]
+    if len(contexts) == len(inputs):
+        return None
+    width_p = max(len(c) for c in contexts)
+    ctx_ids = torch.zeros((len(contexts), width_p), dtype=torch.long)
+    ctx_mask = torch.zeros((len(contexts), width_p), dtype=torch.long)
+    ctx_pos = torch.zeros((len(contexts), width_p), dtype=torch.long)
+    for u, c in enumerate(contexts):
+        ctx_ids[u, width_p - len(c):] = torch.tensor(c, dtype=torch.long)
+        ctx_mask[u, width_p - len(c):] = 1
+        ctx_pos[u, width_p - len(c):] = torch.arange(len(c))
+    head = model(input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
+                 position_ids=ctx_pos.to(device), use_cache=True, logits_to_keep=1)
+    n = max(x.length for x in inputs)
+    out = head.logits.new_zeros((len(inputs), n, head.logits.shape[-1]))
+    index = torch.tensor(which, dtype=torch.long, device=device)
+    out[:, 0] = head.logits[index, -1]
+    ids = torch.zeros((len(inputs), n), dtype=torch.long)
+    mask = torch.zeros((len(inputs), n), dtype=torch.bool)
+    for row, x in enumerate(inputs):
+        ids[row, : x.length] = torch.tensor(x.response, dtype=torch.long)
+        mask[row, : x.length] = True
+    width_w = n - 1
+    if width_w > 0:
+        cache = head.past_key_values
+        cache.batch_select_indices(index)
+        tail_mask = mask[:, 1:].long()  # y_0..y_{n-2} are fed; each predicts the next
+        lengths = torch.tensor([len(x.ids) - x.length for x in inputs], dtype=torch.long)
+        tail = model(input_ids=(ids[:, :-1] * tail_mask).to(device),
+                     attention_mask=torch.cat([ctx_mask[index.cpu()], tail_mask], dim=1).to(device),
+                     position_ids=(lengths[:, None] + torch.arange(width_w)).to(device),
+                     past_key_values=cache, use_cache=False).logits
+        out[:, 1:] = tail
+    return out, ids.to(device), mask.to(device)

@@ -3,7 +3,9 @@
 Per micro-batch (grouped to a token budget), for each of ``epochs`` passes:
 
 1. teacher pass (no grad, first epoch only): log π_T(y_t | c, y_<t) at y's positions of the
-   teacher view, and for ``topk`` the teacher's top-k logits there;
+   teacher view, and for ``topk`` the teacher's top-k logits there; a context c that several
+   samples share (HSD's prompt + peer, OPSD's prompt + answer) is run once and its KV cache
+   reused (learner.logprobs.shared_prefix_logits);
 2. student pass (grad): log π_θ(y_t | x, y_<t); in the first epoch these, detached, are
    π_θold — no separate forward;
 3. IS weights w_t from π_θold/μ, credit δ_t = log π_T − log π_θold, advantages
@@ -26,7 +28,7 @@ import torch
 
 from learner.batch import TrainingSample, microbatches
 from learner.context import ScoringInput
-from learner.logprobs import pad_batch, response_logits, token_logprobs
+from learner.logprobs import pad_batch, response_logits, shared_prefix_logits, token_logprobs
 from learner.losses import policy_gradient_loss, supervised_loss, topk_distillation_loss
 from learner.staleness import importance_weights
 from learner.teacher import TeacherPolicy, make_teacher_policy
@@ -62,14 +64,19 @@ class TorchTrainer:
         self.teacher = teacher or make_teacher_policy(
             self.algo.teacher, model, ema_decay=self.algo.teacher_ema_decay,
             sync_every=self.algo.teacher_sync_every)
+        # Teacher views that share a context (HSD's prompt + peer) run it once; see
+        # learner.logprobs.shared_prefix_logits.
+        self.share_contexts = True
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
             else torch.autocast("cpu", enabled=False)
 
-    def _forward(self, module: torch.nn.Module, inputs: Sequence[ScoringInput]):
-        ids, attn = pad_batch(inputs, self.pad_id, self.device)
+    def _forward(self, module: torch.nn.Module, inputs: Sequence[ScoringInput], share_contexts: bool = False):
         with self.autocast:
-            logits = module(input_ids=ids, attention_mask=attn).logits
-        resp, resp_ids, mask = response_logits(logits, inputs)
+            shared = shared_prefix_logits(module, inputs, self.device) if share_contexts else None
+            if shared is None:
+                ids, attn = pad_batch(inputs, self.pad_id, self.device)
+                shared = response_logits(module(input_ids=ids, attention_mask=attn).logits, inputs)
+        resp, resp_ids, mask = shared
         resp = resp.float() / self.temperature
         return token_logprobs(resp, resp_ids) * mask, resp, mask
 
@@ -180,7 +187,7 @@ class TorchTrainer:
         module = self.teacher.module(self.model)
         was_training = module.training
         module.eval()
-        logp, logits, _ = self._forward(module, [s.teacher for _, s in rows])
+        logp, logits, _ = self._forward(module, [s.teacher for _, s in rows], self.share_contexts)
         module.train(was_training)
         for row, (k, s) in enumerate(rows):
             teacher_lp[k] = logp[row, : s.length].cpu()
