@@ -1,6 +1,8 @@
 """reasoning-gym tasks (countdown, chain_sum, gsm_symbolic, ...): its generators make the
 problems and its scorers are the verifier. The final answer is read after the last
-``####``, else from ``<answer>…</answer>``, else the last non-empty line."""
+``####``, else from ``<answer>…</answer>``, else the last non-empty line; when the scorer
+rejects that, the line's last number is tried too (instruct models often end with "The
+final answer is 46." whatever the instruction said)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from actors.tasks.base import IndexedTask, Problem, Score
 
 TAGGED = re.compile(r"<answer>(.*?)</answer>", re.S)
 HASHES = re.compile(r"####\s*([^\n]+)")
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 INSTRUCTION = "\nGive the final answer after ####."
 
 
@@ -30,7 +33,11 @@ class GymVerifier:
     def verify(self, completion: str, fields: dict[str, Any]) -> Score:
         try:
             entry = self.data[int(fields["index"])]
-            reward = float(self.data.score_answer(answer=final_answer(completion), entry=entry))
+            answer = final_answer(completion)
+            reward = float(self.data.score_answer(answer=answer, entry=entry))
+            numbers = NUMBER.findall(answer)
+            if reward < 1.0 and numbers and numbers[-1] != answer:
+                reward = max(reward, float(self.data.score_answer(answer=numbers[-1], entry=entry)))
         except Exception as err:  # a scorer crash on odd output is a wrong answer
             return Score(0.0, False, f"{type(err).__name__}: {err}")
         return Score(reward, reward >= 1.0)

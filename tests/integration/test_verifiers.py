@@ -50,6 +50,8 @@ def test_gym_chain_sum_scorer():
     p = next(task.problems("train"))
     assert task.score(f"steps... #### {p.answer}", p).success
     assert not task.score("#### 123456789", p).success
+    assert task.score(f"Adding up...\nThe final answer is {p.answer}.", p).success
+    assert not task.score(f"The final answer is {p.answer}1.", p).success
 
 
 @pytest.fixture(scope="module")
