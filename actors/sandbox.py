@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -126,21 +125,24 @@ class Sandbox:
                     "--mount-proc", "--", "/bin/sh", "-c", inner]
         return py
 
-    def _rlimits(self) -> None:
+    def _rlimits(self) -> list[str]:
+        """The limits as a ``prlimit`` prefix, applied by exec, not by Python code run in
+        the forked child (``preexec_fn``): in a process that has loaded gRPC (an actor's
+        weight client) a forked child runs gRPC's fork handlers, which restart its poller
+        threads, and those abort the child ("epoll_wait error: Bad file descriptor") once
+        subprocess closes the inherited fds — a correct program scored as failed. Without
+        preexec_fn, subprocess uses vfork, which runs no fork handlers."""
         lim = self.limits
-        resource.setrlimit(resource.RLIMIT_CPU, (lim.cpu_s, lim.cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_AS, (lim.memory_mb << 20,) * 2)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.fsize_mb << 20,) * 2)
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim.nproc,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        return ["prlimit", f"--cpu={lim.cpu_s}:{lim.cpu_s + 1}", f"--as={lim.memory_mb << 20}",
+                f"--fsize={lim.fsize_mb << 20}", f"--nproc={lim.nproc}", "--core=0", "--"]
 
     def run_python(self, source: str) -> RunResult:
         """Run ``source`` (fed on stdin) under the limits; never raises for what the
         program does."""
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"} if self.backend != "none" else {}
         proc = subprocess.Popen(
-            self._argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd="/", start_new_session=True, preexec_fn=self._rlimits,
+            [*self._rlimits(), *self._argv()], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
         try:
             proc.stdin.write(source.encode())
