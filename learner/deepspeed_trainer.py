@@ -53,13 +53,10 @@ def init_process_group() -> None:
     import deepspeed
 
     if "RANK" not in os.environ:
-        import socket
+        from services.redis_server import free_port
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(port)})
+                           "MASTER_PORT": str(free_port())})
 
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))

@@ -53,15 +53,22 @@ def response_logits(
     logits [B, L, V] -> (response logits [B, N, V], response ids [B, N], mask [B, N]) with
     N the longest response; padding positions have mask 0 and id 0.
     """
-    n = max((x.length for x in inputs), default=0)
-    out = logits.new_zeros((len(inputs), n, logits.shape[-1]))
-    ids = torch.zeros((len(inputs), n), dtype=torch.long, device=logits.device)
-    mask = torch.zeros((len(inputs), n), dtype=torch.bool, device=logits.device)
+    ids, mask = response_targets(inputs)
+    out = logits.new_zeros((len(inputs), ids.shape[1], logits.shape[-1]))
     for row, x in enumerate(inputs):
         out[row, : x.length] = logits[row, response_slice(x.start, x.length)]
+    return out, ids.to(logits.device), mask.to(logits.device)
+
+
+def response_targets(inputs: Sequence[ScoringInput]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The responses right-padded to the longest: ids [B, N] (padding 0) and mask [B, N]."""
+    n = max((x.length for x in inputs), default=0)
+    ids = torch.zeros((len(inputs), n), dtype=torch.long)
+    mask = torch.zeros((len(inputs), n), dtype=torch.bool)
+    for row, x in enumerate(inputs):
         ids[row, : x.length] = torch.tensor(x.response, dtype=torch.long)
         mask[row, : x.length] = True
-    return out, ids, mask
+    return ids, mask
 
 
 def score_responses(
@@ -104,15 +111,11 @@ def shared_prefix_logits(
         ctx_pos[u, width_p - len(c):] = torch.arange(len(c))
     head = model(input_ids=ctx_ids.to(device), attention_mask=ctx_mask.to(device),
                  position_ids=ctx_pos.to(device), use_cache=True, logits_to_keep=1)
-    n = max(x.length for x in inputs)
+    ids, mask = response_targets(inputs)
+    n = ids.shape[1]
     out = head.logits.new_zeros((len(inputs), n, head.logits.shape[-1]))
     index = torch.tensor(which, dtype=torch.long, device=device)
     out[:, 0] = head.logits[index, -1]
-    ids = torch.zeros((len(inputs), n), dtype=torch.long)
-    mask = torch.zeros((len(inputs), n), dtype=torch.bool)
-    for row, x in enumerate(inputs):
-        ids[row, : x.length] = torch.tensor(x.response, dtype=torch.long)
-        mask[row, : x.length] = True
     width_w = n - 1
     if width_w > 0:
         cache = head.past_key_values
