@@ -111,7 +111,7 @@ class Actor:
                               "start the actor with the run's configuration")
         w = self.config.weights
         client = WeightClient(state[b"weights"].decode(), token=w.token, tls_ca=w.tls_ca,
-                              chunk_bytes=w.chunk_bytes)
+                              chunk_bytes=w.chunk_bytes, bulk=w.bulk)
         self.follower = WeightFollower(client, self.engine.load_weights,
                                        on_sync_seconds=self.metrics.weight_sync_seconds.observe).start()
         while not self.stop_event.is_set() and not self.follower.sync():

@@ -38,7 +38,8 @@ class Figure:
     def as_json(self) -> dict:
         out = asdict(self)
         out.pop("name")
-        out["ratio"] = round(self.ratio, 4)
+        # significant digits, not decimal places: a ratio of 0.04 must keep its precision
+        out["ratio"] = float(f"{self.ratio:.4g}")
         return out
 
 

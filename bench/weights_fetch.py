@@ -1,13 +1,20 @@
 """One benchmark client process: ``python -m bench.weights_fetch MODE ADDRESS [NBYTES]``.
 
-MODE: ``grpc`` (fetch + assemble + sha256 verify), ``grpc-raw`` (the same streams, bytes
-assembled but not verified), ``tcp`` (a bare socket). The process prints ``ready`` once
-connected, waits for a line on stdin so that concurrent clients start together, then
-prints {"start", "end", "bytes"} (unix seconds).
+MODE: ``bulk`` (fetch + assemble + sha256 verify over the bulk channel, as actors do),
+``bulk-raw`` (the same parallel bulk ranges, not verified), ``grpc`` (fetch + verify over
+the gRPC Fetch streams, the fallback path), ``tcp`` (a bare socket), ``tcp-sha256`` (a bare
+socket, then one sha256 over the bytes: the same work as verifying). The process prints
+``ready`` once connected, waits for a line on stdin so that concurrent clients start
+together, then prints {"start", "end", "bytes"} (unix seconds).
+
+Each client is timed in the steady state of an actor: its receive buffer exists already
+(the TCP client's allocated and touched, a weight client's released by one untimed fetch
+before, as an actor releases each version's buffer once the model has the weights).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import sys
@@ -16,11 +23,10 @@ import time
 
 def main() -> None:
     mode, address = sys.argv[1], sys.argv[2]
-    if mode == "tcp":
+    if mode.startswith("tcp"):
         nbytes = int(sys.argv[3])
         host, port = address.rsplit(":", 1)
-        buf = bytearray(nbytes)
-        view = memoryview(buf)
+        view = memoryview(bytearray(nbytes))
         sock = socket.create_connection((host, int(port)))
         print("ready", flush=True)
         sys.stdin.readline()
@@ -33,25 +39,37 @@ def main() -> None:
                 raise ConnectionError(f"short read: {got} of {nbytes}")
             got += n
         sock.close()
+        if mode == "tcp-sha256":
+            hashlib.sha256(view).digest()
     else:
-        from services.weights_client import WeightClient, _Assembly
-        from services.weights_snapshot import decode_chunk
+        import os
+        import threading
 
-        client = WeightClient(address)
+        from services.proto_gen.hsd.v1 import weights_pb2 as pb
+        from services.weights_bulk import receive_range, split
+        from services.weights_client import WeightClient
+
+        client = WeightClient(address, bulk=mode != "grpc")
         manifest = client.latest()
         nbytes = manifest.total_bytes
+        client.fetch_once(manifest)
+        client.release()
+        view = memoryview(client._spare)
         print("ready", flush=True)
         sys.stdin.readline()
         start = time.time()
-        if mode == "grpc":
-            client.fetch_once(manifest)
+        if mode == "bulk-raw":
+            threads = [threading.Thread(target=receive_range, args=(
+                address.rsplit(":", 1)[0], manifest.bulk_port,
+                pb.BulkRequest(version=manifest.version, offset=a, length=n), view[a : a + n],
+                lambda *_: None)) for a, n in split(nbytes, min(4, os.cpu_count() or 1))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         else:
-            assembly = _Assembly(manifest, ())
-            from services.proto_gen.hsd.v1 import weights_pb2 as pb
-
-            for raw in client._fetch_raw(pb.FetchRequest(version=manifest.version)):
-                _, offset, data = decode_chunk(raw)
-                assembly.view[offset : offset + len(data)] = data
+            client.fetch_once(manifest)
+            assert client.bulk == (mode == "bulk"), "the bulk channel was not used"
     print(json.dumps({"start": start, "end": time.time(), "bytes": nbytes}), flush=True)
 
 

@@ -76,7 +76,7 @@ class Learner:
         w = config.weights
         self.weights = WeightServer(
             w.host, w.port, keep=w.keep_versions, chunk_bytes=w.chunk_bytes, token=w.token,
-            tls_cert=w.tls_cert, tls_key=w.tls_key,
+            tls_cert=w.tls_cert, tls_key=w.tls_key, bulk_port=w.bulk_port if w.bulk else None,
             on_publish=lambda snap, s: (self.weights_metrics.version.set(snap.version),
                                         self.weights_metrics.publish_seconds.set(s)),
             on_bytes_sent=self.weights_metrics.bytes_sent.inc)

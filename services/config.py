@@ -166,6 +166,10 @@ class WeightsConfig(_Section):
     tls_cert: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
     tls_key: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
     tls_ca: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    # the bulk channel: snapshot bytes over a plain socket (TLS with the service's) beside
+    # gRPC, which stays the fallback; bulk_port 0: a free port
+    bulk: Annotated[bool, Field(json_schema_extra=LOCAL)] = True
+    bulk_port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0
     keep_versions: Annotated[int, Field(ge=1)] = 3
     chunk_bytes: Annotated[int, Field(ge=4096, le=4 * MiB)] = 4 * MiB
 

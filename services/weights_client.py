@@ -2,7 +2,10 @@
 
 A fetch is all or nothing: chunks are assembled into one buffer, every tensor's size and
 sha256 is checked against the manifest, and only then are tensors handed out. A corrupted
-or truncated stream raises :class:`WeightCorruption` and is retried.
+or truncated stream raises :class:`WeightCorruption` and is retried. The bytes of a whole
+snapshot come over the service's bulk channel when the manifest advertises one (parallel
+socket ranges received straight into that buffer), else over parallel Fetch streams; a
+client that reaches the service but not its bulk port says so once and keeps to Fetch.
 
 :class:`WeightFollower` keeps an actor current. States::
 
@@ -25,10 +28,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import grpc
+import numpy as np
 import torch
 
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
 from services.proto_gen.hsd.v1 import weights_pb2_grpc as pb_grpc
+from services.weights_bulk import BulkError, client_tls, receive_range, split
 from services.weights_snapshot import decode_chunk, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 _jitter = random.Random()  # own instance: backoff jitter never touches the global random state
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED,
-             grpc.StatusCode.INTERNAL)
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.DATA_LOSS)
 
 
 class WeightCorruption(RuntimeError):
@@ -45,16 +50,20 @@ class WeightCorruption(RuntimeError):
 
 class _Assembly:
     """The receiving side of one fetch: a flat buffer the chunks land in, and a per-tensor
-    count of missing bytes. The thread whose chunk completes a tensor verifies it."""
+    count of missing bytes. The thread whose chunk completes a tensor verifies it.
 
-    def __init__(self, manifest: pb.Manifest, names: Sequence[str]) -> None:
+    The buffer is ``spare`` when that is large enough (a released earlier fetch's), else
+    fresh uninitialised memory: zero-filling it first would cost as much as the transfer."""
+
+    def __init__(self, manifest: pb.Manifest, names: Sequence[str], spare: np.ndarray | None = None) -> None:
         self.manifest = manifest
         wanted = set(names)
         self.wanted = sorted((t for t in manifest.tensors if not names or t.name in wanted),
                              key=lambda t: t.offset)
         self.starts = [t.offset for t in self.wanted]
         self.missing = [t.nbytes for t in self.wanted]
-        self.buf = bytearray(manifest.total_bytes)
+        fits = spare is not None and len(spare) >= manifest.total_bytes
+        self.buf = spare if fits else torch.empty(manifest.total_bytes, dtype=torch.uint8).numpy()
         self.view = memoryview(self.buf)
         self.lock = threading.Lock()
         for i, t in enumerate(self.wanted):
@@ -68,6 +77,10 @@ class _Assembly:
                 f"chunk for version {version} at [{offset}, {end}) does not fit "
                 f"version {self.manifest.version} of {self.manifest.total_bytes} bytes")
         self.view[offset:end] = data
+        self.landed(offset, end)
+
+    def landed(self, offset: int, end: int) -> None:
+        """Flat bytes [offset, end) are in the buffer: count them, verify completed tensors."""
         done = []
         with self.lock:
             i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
@@ -114,9 +127,13 @@ class WeightClient:
         tls_server_name: str | None = None,
         chunk_bytes: int = 4 << 20,
         timeout_s: float = 600.0,
+        bulk: bool = True,
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.bulk = bulk  # use the bulk channel when the manifest offers one
+        self._bulk_tls = client_tls(tls_ca) if tls_ca else None
+        self._server_name = tls_server_name
         options = [("grpc.max_receive_message_length", max(chunk_bytes + (1 << 20), MAX_MANIFEST_BYTES)),
                    ("grpc.http2.lookahead_bytes", 32 << 20)]
         if tls_server_name:
@@ -132,6 +149,9 @@ class WeightClient:
         # takes the data as a view, saving a copy of every byte.
         self._fetch_raw = self.channel.unary_stream(
             "/hsd.v1.WeightService/Fetch", request_serializer=pb.FetchRequest.SerializeToString)
+        self._lent: np.ndarray | None = None  # the buffer behind the last fetch's tensors
+        self._spare: np.ndarray | None = None  # a released buffer, for the next fetch
+        self.token = token
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def close(self) -> None:
@@ -144,45 +164,80 @@ class WeightClient:
         """A cancellable stream of manifests (call ``.cancel()`` to end it)."""
         return self.stub.Watch(pb.WatchRequest(after_version=after_version), metadata=self.metadata)
 
+    def release(self) -> None:
+        """The tensors of the last fetch are no longer used (their bytes were copied into a
+        model): the next fetch may receive into their buffer instead of fresh memory, whose
+        first touch (page faults, zeroing) costs as much as a loopback transfer."""
+        self._spare, self._lent = self._lent, None
+
     def fetch_once(
         self, manifest: pb.Manifest, names: Sequence[str] = (), streams: int | None = None
     ) -> dict[str, torch.Tensor]:
-        """One attempt: stream, assemble, verify. Raises WeightCorruption or grpc.RpcError.
+        """One attempt: transfer, assemble, verify. Raises WeightCorruption or grpc.RpcError
+        (a :class:`BulkError` from the bulk channel carries the same status codes).
 
-        A whole-snapshot fetch splits the chunk list over ``streams`` parallel Fetch calls
-        (default: one per core, at most 4); each receiving thread hashes a tensor as soon
-        as its last byte has landed, so verification overlaps the transfer."""
-        assembly = _Assembly(manifest, names)
+        A whole snapshot is split over ``streams`` parallel transfers (default: one per
+        core, at most 4); each receiving thread hashes a tensor as soon as its last byte has
+        landed, so verification overlaps the transfer."""
+        spare, self._spare = self._spare, None
+        k = streams or min(4, os.cpu_count() or 1)
+        assembly = _Assembly(manifest, names, spare)
+        try:
+            if not names and manifest.bulk_port and self.bulk:
+                try:
+                    _parallel([lambda a=a, n=n: self._receive_bulk(manifest, assembly, a, n)
+                               for a, n in split(manifest.total_bytes, k)], lambda: None)
+                    return self._lend(assembly)
+                except BulkError as err:
+                    if err.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    unreachable = err
+                assembly = _Assembly(manifest, names, assembly.buf)
+                tensors = self._fetch_streams(manifest, assembly, names, k)
+                log.warning("the weight service answers but its bulk channel does not (%s); "
+                            "this client fetches over gRPC from now on", unreachable.details())
+                self.bulk = False
+                return tensors
+            return self._fetch_streams(manifest, assembly, names, k)
+        except BaseException:
+            self._spare = assembly.buf  # nothing was handed out: the retry reuses the buffer
+            raise
+
+    def _receive_bulk(self, manifest: pb.Manifest, assembly: _Assembly, offset: int, length: int) -> None:
+        host = self.address.rsplit(":", 1)[0].strip("[]")
+        request = pb.BulkRequest(version=manifest.version, offset=offset, length=length,
+                                 token=self.token or "")
+        receive_range(host, manifest.bulk_port, request, assembly.view[offset : offset + length],
+                      assembly.landed, tls=self._bulk_tls, server_name=self._server_name,
+                      timeout_s=min(self.timeout_s, 60.0))
+
+    def _fetch_streams(
+        self, manifest: pb.Manifest, assembly: _Assembly, names: Sequence[str], k: int
+    ) -> dict[str, torch.Tensor]:
+        """Parallel Fetch streams: the chunk list split in ``k`` (one stream for ``names``)."""
         if names:
             requests = [pb.FetchRequest(version=manifest.version, names=list(names))]
         else:
             n_chunks = -(-manifest.total_bytes // max(manifest.chunk_bytes, 1))
-            k = max(1, min(streams or min(4, os.cpu_count() or 1), n_chunks))
-            bounds = [n_chunks * i // k for i in range(k + 1)]
-            requests = [pb.FetchRequest(version=manifest.version, chunk_start=a, chunk_count=b - a)
-                        for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+            requests = [pb.FetchRequest(version=manifest.version, chunk_start=a, chunk_count=n)
+                        for a, n in split(n_chunks, k)]
         calls = [self._fetch_raw(r, metadata=self.metadata, timeout=self.timeout_s) for r in requests]
-        errors: list[BaseException] = []
 
         def receive(call) -> None:
-            try:
-                for raw in call:
-                    assembly.add(*decode_chunk(raw))
-            except BaseException as err:  # handed to the caller below
-                errors.append(err)
-                for c in calls:
-                    c.cancel()
+            for raw in call:
+                assembly.add(*decode_chunk(raw))
 
-        threads = [threading.Thread(target=receive, args=(c,), daemon=True) for c in calls[1:]]
-        for t in threads:
-            t.start()
-        receive(calls[0])
-        for t in threads:
-            t.join()
-        real = [e for e in errors if not (isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.CANCELLED)]
-        if real or errors:
-            raise (real or errors)[0]
-        return assembly.tensors()
+        def cancel_all() -> None:
+            for c in calls:
+                c.cancel()
+
+        _parallel([lambda c=c: receive(c) for c in calls], cancel_all)
+        return self._lend(assembly)
+
+    def _lend(self, assembly: _Assembly) -> dict[str, torch.Tensor]:
+        tensors = assembly.tensors()
+        self._lent = assembly.buf
+        return tensors
 
     def fetch(
         self, manifest: pb.Manifest, names: Sequence[str] = (), attempts: int = 3
@@ -204,6 +259,30 @@ class WeightClient:
         raise failure
 
 
+def _parallel(jobs: Sequence[Callable[[], None]], on_error: Callable[[], None]) -> None:
+    """Runs ``jobs`` on threads (the first on this one); the first failure calls
+    ``on_error`` (to cut the others short) and is raised once all have ended. A
+    cancellation that ``on_error`` itself caused is not the error reported."""
+    errors: list[BaseException] = []
+
+    def run(job) -> None:
+        try:
+            job()
+        except BaseException as err:  # handed to the caller below
+            errors.append(err)
+            on_error()
+
+    threads = [threading.Thread(target=run, args=(j,), daemon=True) for j in jobs[1:]]
+    for t in threads:
+        t.start()
+    run(jobs[0])
+    for t in threads:
+        t.join()
+    real = [e for e in errors if not (isinstance(e, grpc.RpcError) and e.code() == grpc.StatusCode.CANCELLED)]
+    if errors:
+        raise (real or errors)[0]
+
+
 def load_into_model(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
     """Copy ``tensors`` into ``model`` in place, all or nothing: names and shapes are
     checked strictly before the first byte is written."""
@@ -219,7 +298,8 @@ def load_into_model(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor])
 
 
 class WeightFollower:
-    """Tracks the newest published version in the background; applies it on ``sync()``."""
+    """Tracks the newest published version in the background; applies it on ``sync()``.
+    ``apply`` must copy the tensors it is given: their buffer receives the next version."""
 
     def __init__(
         self,
@@ -302,6 +382,8 @@ class WeightFollower:
                 self._reannounce()  # evicted meanwhile: ask for what is there now
             return False
         self.apply(tensors, manifest.version)
+        del tensors
+        self.client.release()  # apply copied them: their buffer takes the next version
         self.version = manifest.version
         if self.on_sync_seconds:
             self.on_sync_seconds(time.perf_counter() - start)

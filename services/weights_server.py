@@ -10,6 +10,10 @@ Version lifecycle::
 Watch streams block on a condition that ``publish`` notifies; they end when the client
 goes away or the server stops. Auth: ``authorization: Bearer <token>`` on every call but
 the gRPC health service (kubelet probes carry no token). TLS when cert and key are given.
+
+Beside the gRPC port, a bulk channel (``services.weights_bulk``) serves the same snapshots'
+bytes over a plain socket with the same token and TLS; manifests advertise its port, and
+Fetch stays the path for clients that cannot reach it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
+from services.weights_bulk import BulkServer, server_tls
 from services.weights_snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,7 @@ class WeightServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         max_workers: int = 32,
+        bulk_port: int | None = 0,
         on_publish: Callable[[Snapshot, float], None] | None = None,
         on_bytes_sent: Callable[[int], None] | None = None,
     ) -> None:
@@ -102,6 +108,10 @@ class WeightServer:
         if not self.port:
             raise OSError(f"cannot bind the weight service to {host}:{port}")
         self.host = host
+        self.bulk = None if bulk_port is None else BulkServer(
+            host, bulk_port, self._lookup, token=token,
+            tls=server_tls(tls_cert, tls_key) if tls_cert and tls_key else None,
+            max_connections=max_workers, on_bytes_sent=on_bytes_sent, corrupt_next=self._take_corruption)
 
     @property
     def address(self) -> str:
@@ -122,6 +132,8 @@ class WeightServer:
 
     def start(self) -> WeightServer:
         self.server.start()
+        if self.bulk:
+            self.bulk.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.health.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
         log.info("weight service on %s", self.address)
@@ -132,6 +144,8 @@ class WeightServer:
             self._stopping = True
             self._cond.notify_all()
         self.health.enter_graceful_shutdown()
+        if self.bulk:
+            self.bulk.stop()
         self.server.stop(grace).wait()
 
     def __enter__(self) -> WeightServer:
@@ -145,6 +159,7 @@ class WeightServer:
     def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> Snapshot:
         start = time.perf_counter()
         snapshot = Snapshot.build(version, state_dict, self.chunk_bytes)
+        snapshot.manifest.bulk_port = self.bulk.port if self.bulk else 0
         with self._cond:
             if self._snapshots and version <= next(reversed(self._snapshots)):
                 raise ValueError(f"version {version} is not above {next(reversed(self._snapshots))}")
@@ -162,8 +177,14 @@ class WeightServer:
             return list(self._snapshots)
 
     def corrupt_next_fetch(self) -> None:
-        """Test hook: the next Fetch stream gets one flipped byte in its first chunk."""
+        """Test hook: the next transfer (a Fetch stream or a bulk range) gets one flipped
+        byte in its first piece."""
         self._corrupt_next = True
+
+    def _take_corruption(self) -> bool:
+        with self._cond:
+            corrupt, self._corrupt_next = self._corrupt_next, False
+        return corrupt
 
     # ------------------------------------------------------------------ RPCs
 
@@ -195,10 +216,13 @@ class WeightServer:
                 seen = snap.version
                 yield snap.manifest
 
-    def _fetch(self, request, context) -> Iterator[bytes]:
+    def _lookup(self, version: int) -> tuple[Snapshot | None, list[int]]:
+        """The snapshot of ``version`` (None if unknown or evicted) and the versions there are."""
         with self._cond:
-            snap = self._snapshots.get(request.version)
-            available = list(self._snapshots)
+            return self._snapshots.get(version), list(self._snapshots)
+
+    def _fetch(self, request, context) -> Iterator[bytes]:
+        snap, available = self._lookup(request.version)
         if snap is None:
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"version {request.version} is not available; available: {available}")
@@ -209,8 +233,7 @@ class WeightServer:
             context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         if first is None:
             return
-        if self._corrupt_next:
-            self._corrupt_next = False
+        if self._take_corruption():
             flipped = bytearray(first)
             flipped[-1] ^= 0xFF
             first = bytes(flipped)

@@ -149,14 +149,20 @@ class Snapshot:
             yield from self._range(info.offset, info.offset + info.nbytes)
 
     def _range(self, lo: int, hi: int) -> Iterator[bytes]:
-        first = lo // self.chunk_bytes
-        for i in range(first, len(self.chunks)):
+        for offset, data in self.views(lo, hi):
+            yield encode_chunk(self.version, offset, data)
+
+    def views(self, lo: int, hi: int) -> Iterator[tuple[int, memoryview]]:
+        """(flat offset, bytes) pieces of the flat buffer's [lo, hi), in order: views into
+        the shared chunk messages, never copies."""
+        for i in range(lo // self.chunk_bytes, len(self.chunks)):
             start = self.chunk_offsets[i]
             if start >= hi:
                 return
             data = self._data(i)
             a, b = max(lo, start) - start, min(hi, start + len(data)) - start
-            yield encode_chunk(self.version, start + a, data[a:b])
+            if b > a:
+                yield start + a, data[a:b]
 
     def _data(self, i: int) -> memoryview:
         """Chunk i's data: the last ``length`` bytes of its message (data is the last field)."""

@@ -113,7 +113,7 @@ def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_
     # a new version: loaded between batches, and the next group says so
     new = {k: v * 0.5 for k, v in actor.engine.model.state_dict().items()}
     weight_server.publish(1, new)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90
     while actor.follower.pending() is None:  # the Watch stream announces it
         assert time.monotonic() < deadline
         time.sleep(0.02)

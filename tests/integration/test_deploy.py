@@ -82,6 +82,22 @@ def test_gpu_overlay_requests_gpus_and_local_does_not():
     assert set(gpus(_build("local")).values()) == {None}
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_learner_ports_actors_dial_are_served_and_allowed(overlay):
+    docs = _build(overlay)
+    learner = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "hsd-learner")
+    env = {e["name"]: e.get("value") for e in learner["spec"]["template"]["spec"]["containers"][0]["env"]}
+    dialed = {int(env["HSD_WEIGHTS__PORT"]), int(env["HSD_WEIGHTS__BULK_PORT"])}
+    assert env["HSD_WEIGHTS__ADVERTISE"].endswith(f":{env['HSD_WEIGHTS__PORT']}")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "hsd-learner")
+    assert dialed <= {p["port"] for p in service["spec"]["ports"]}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "hsd-learner")
+    from_actors = next(rule for rule in policy["spec"]["ingress"]
+                       if any(f.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                              == "actor" for f in rule["from"]))
+    assert dialed <= {p["port"] for p in from_actors["ports"]}
+
+
 def test_autoscalers_target_the_actors_with_bounds_and_slow_scale_down():
     keda = {d["kind"]: d for d in _build("gpu")}
     so = keda["ScaledObject"]["spec"]

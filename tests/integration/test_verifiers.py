@@ -88,7 +88,7 @@ def test_sandbox_escapes_score_zero_with_no_side_effect(name, sandbox, tmp_path,
     assert _no_process_of(65534), "a sandboxed process outlived its run"
 
 
-def _no_process_of(uid: int, timeout: float = 5.0) -> bool:
+def _no_process_of(uid: int, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not subprocess.run(["pgrep", "-u", str(uid)], capture_output=True).stdout.split():
@@ -97,8 +97,9 @@ def _no_process_of(uid: int, timeout: float = 5.0) -> bool:
     return False
 
 
-def test_a_harmless_program_passes(sandbox):
-    assert CodeVerifier(sandbox).verify("def f():\n    return 2", {"test": "def check(g):\n    assert g() == 2",
+def test_a_harmless_program_passes():
+    # the escapes' 5 s wall is too tight for a program that must pass on a loaded machine
+    assert CodeVerifier(make_sandbox(Limits(wall_s=60))).verify("def f():\n    return 2", {"test": "def check(g):\n    assert g() == 2",
                                                                      "entry_point": "f"}).success
 
 

@@ -1,4 +1,7 @@
-"""The weight service over real gRPC sockets on free ports."""
+"""The weight service over real gRPC sockets (and its bulk channel) on free ports.
+
+Tests that move snapshot bytes run over both transfer paths: the bulk channel ("bulk")
+and the gRPC Fetch streams ("grpc") that clients fall back to."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
+from services.weights_bulk import BulkError, receive_range
 from services.weights_client import WeightClient, WeightCorruption, WeightFollower, load_into_model
 from services.weights_server import SERVICE, WeightServer
 from services.weights_snapshot import tensor_bytes
@@ -39,34 +43,64 @@ def _assert_equal(got: dict, want: dict) -> None:
         assert torch.equal(got[k], want[k]), k
 
 
+class _Sent:
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+
 @pytest.fixture
-def server():
-    s = WeightServer(port=0, keep=2, chunk_bytes=CHUNK).start()
+def sent():
+    return _Sent()
+
+
+@pytest.fixture
+def server(sent):
+    s = WeightServer(port=0, keep=2, chunk_bytes=CHUNK, on_bytes_sent=sent).start()
     yield s
     s.stop(grace=0)
 
 
-def test_publish_and_fetch_round_trip_keeps_dtypes(server):
+@pytest.fixture(params=["bulk", "grpc"])
+def transport(request) -> str:
+    return request.param
+
+
+def _client(address: str, transport: str, **kw) -> WeightClient:
+    return WeightClient(address, bulk=transport == "bulk", **kw)
+
+
+def test_publish_and_fetch_round_trip_keeps_dtypes(server, transport, sent):
     state = _state()
     server.publish(1, state)
-    client = WeightClient(server.address)
+    client = _client(server.address, transport)
     manifest = client.latest()
     assert manifest.version == 1 and manifest.total_bytes == sum(t.numel() * t.element_size() for t in state.values())
     assert {t.name: t.dtype for t in manifest.tensors}["embed.weight"] == "bfloat16"
+    assert manifest.bulk_port == server.bulk.port > 0
     _assert_equal(client.fetch(manifest), state)
-    part = client.fetch(manifest, names=["block.0.bias", "scalar"])
+    # the bulk channel sends the bare bytes; Fetch streams wrap each chunk in a message
+    # (the server counts a piece after the client may already have it: wait for the count)
+    assert _until(lambda: sent.bytes >= manifest.total_bytes, 10)
+    assert (sent.bytes == manifest.total_bytes) == (transport == "bulk")
+    assert sent.bytes >= manifest.total_bytes and client.bulk == (transport == "bulk")
+    part = client.fetch(manifest, names=["block.0.bias", "scalar"])  # by name: always Fetch
     _assert_equal(part, {k: state[k] for k in ("block.0.bias", "scalar")})
     client.close()
 
 
-def test_concurrent_clients_get_identical_verified_weights(server):
+def test_concurrent_clients_get_identical_verified_weights(server, transport):
     state = _state(1)
     server.publish(5, state)
     results, errors = [], []
 
     def worker():
         try:
-            c = WeightClient(server.address)
+            c = _client(server.address, transport)
             results.append(c.fetch(c.latest()))
             c.close()
         except Exception as err:  # collected and asserted below
@@ -81,6 +115,22 @@ def test_concurrent_clients_get_identical_verified_weights(server):
     assert len(results) == 8
     for r in results:
         _assert_equal(r, state)
+
+
+def test_a_released_buffer_takes_the_next_version_and_a_held_one_is_never_touched(server, transport):
+    client = _client(server.address, transport)
+    server.publish(1, _state(1))
+    first = client.fetch(client.latest())
+    server.publish(2, _state(2))
+    second = client.fetch(client.latest())  # the first is still held: a buffer of its own
+    _assert_equal(first, _state(1))
+    _assert_equal(second, _state(2))
+    client.release()
+    server.publish(3, _state(3))
+    third = client.fetch(client.latest())
+    _assert_equal(third, _state(3))
+    assert third["embed.weight"].data_ptr() == second["embed.weight"].data_ptr()
+    _assert_equal(first, _state(1))
 
 
 def test_watch_pushes_each_new_version(server):
@@ -99,7 +149,7 @@ def test_watch_pushes_each_new_version(server):
     reader.start()
     for v in (1, 2, 3):
         server.publish(v, _state(v))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while v not in seen and time.monotonic() < deadline:
             time.sleep(0.01)
     stream.cancel()
@@ -107,7 +157,7 @@ def test_watch_pushes_each_new_version(server):
     assert seen == [1, 2, 3]
 
 
-def test_bearer_token_is_required_when_configured():
+def test_bearer_token_is_required_when_configured(transport):
     with WeightServer(port=0, token="s3cret", chunk_bytes=CHUNK) as s:
         s.publish(1, _state())
         for token in (None, "wrong"):
@@ -118,7 +168,10 @@ def test_bearer_token_is_required_when_configured():
                 c = WeightClient(s.address, token=token)
                 list(c.stub.Fetch(pb.FetchRequest(version=1), metadata=c.metadata))
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        good = WeightClient(s.address, token="s3cret")
+            with pytest.raises(BulkError) as info:
+                _bulk_range(s, 1, 0, 16, token=token)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        good = _client(s.address, transport, token="s3cret")
         _assert_equal(good.fetch(good.latest()), _state())
         # health checks carry no token (kubelet probes)
         stub = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
@@ -126,22 +179,63 @@ def test_bearer_token_is_required_when_configured():
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_tls_with_a_client_ca(tmp_path):
+def test_tls_with_a_client_ca(tmp_path, transport):
     tls = make_tls(tmp_path)
     with WeightServer(host="127.0.0.1", port=0, tls_cert=tls["cert"], tls_key=tls["key"], chunk_bytes=CHUNK) as s:
         s.publish(1, _state())
-        secure = WeightClient(f"localhost:{s.port}", tls_ca=tls["ca"])
+        secure = _client(f"localhost:{s.port}", transport, tls_ca=tls["ca"])
         _assert_equal(secure.fetch(secure.latest()), _state())
+        assert secure.bulk == (transport == "bulk")  # the bulk channel spoke TLS too
         plain = WeightClient(f"localhost:{s.port}")
         with pytest.raises(grpc.RpcError) as info:
             plain.latest(timeout_s=3)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(BulkError) as info:  # plain bytes to the TLS bulk port
+            _bulk_range(s, 1, 0, 16)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_a_flipped_byte_is_detected_and_the_fetch_retried(server):
+def _bulk_range(server: WeightServer, version: int, offset: int, length: int, token: str | None = None):
+    buf = bytearray(length)
+    request = pb.BulkRequest(version=version, offset=offset, length=length, token=token or "")
+    receive_range("127.0.0.1", server.bulk.port, request, memoryview(buf), lambda a, b: None, timeout_s=10)
+    return bytes(buf)
+
+
+def test_bulk_ranges_are_checked_and_served_exactly(server):
+    state = _state(3)
+    server.publish(1, state)
+    flat = b"".join(bytes(tensor_bytes(t)) for t in state.values())
+    assert _bulk_range(server, 1, 1000, 70_000) == flat[1000:71_000]  # across chunk boundaries
+    with pytest.raises(BulkError) as info:
+        _bulk_range(server, 1, len(flat) - 10, 11)
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    with pytest.raises(BulkError) as info:
+        _bulk_range(server, 9, 0, 10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "[1]" in info.value.details()
+
+
+def test_a_client_that_cannot_reach_the_bulk_port_keeps_to_grpc(server):
+    state = _state(4)
+    server.publish(1, state)
+    server.bulk.stop()  # the manifest still advertises the port, as behind a firewall
+    client = WeightClient(server.address)
+    manifest = client.latest()
+    assert manifest.bulk_port and client.bulk
+    _assert_equal(client.fetch_once(manifest), state)
+    assert not client.bulk
+    unserved = WeightServer(port=0, bulk_port=None, chunk_bytes=CHUNK).start()
+    try:
+        unserved.publish(1, state)
+        assert WeightClient(unserved.address).latest().bulk_port == 0
+    finally:
+        unserved.stop(grace=0)
+
+
+def test_a_flipped_byte_is_detected_and_the_fetch_retried(server, transport):
     state = _state(2)
     server.publish(1, state)
-    client = WeightClient(server.address)
+    client = _client(server.address, transport)
     manifest = client.latest()
     server.corrupt_next_fetch()
     with pytest.raises(WeightCorruption, match="sha256 mismatch"):
@@ -150,9 +244,9 @@ def test_a_flipped_byte_is_detected_and_the_fetch_retried(server):
     _assert_equal(client.fetch(manifest, attempts=2), state)  # the retry gets clean bytes
 
 
-def test_a_truncated_stream_is_corruption(server):
+def test_a_truncated_stream_is_corruption(server, transport):
     server.publish(1, _state())
-    client = WeightClient(server.address)
+    client = _client(server.address, transport)
     manifest = client.latest()
     del manifest.tensors[-1]  # the manifest now promises fewer bytes than the stream holds
     manifest.tensors[0].nbytes += 2
@@ -160,11 +254,11 @@ def test_a_truncated_stream_is_corruption(server):
         client.fetch_once(manifest)
 
 
-def test_evicted_and_unknown_versions_are_not_found_naming_what_exists(server):
+def test_evicted_and_unknown_versions_are_not_found_naming_what_exists(server, transport):
     for v in (1, 2, 3):
         server.publish(v, _state(v))
     assert server.versions == [2, 3]
-    client = WeightClient(server.address)
+    client = _client(server.address, transport)
     stale = client.latest()
     stale.version = 1
     with pytest.raises(grpc.RpcError) as info:
@@ -191,6 +285,26 @@ def test_a_version_published_mid_fetch_does_not_disturb_it():
         for c in chunks:
             buf[c.offset : c.offset + len(c.data)] = c.data
         assert bytes(buf) == b"".join(bytes(tensor_bytes(state[t.name])) for t in manifest.tensors)
+
+
+def test_a_version_published_mid_bulk_transfer_does_not_disturb_it():
+    big = {"w": torch.randn(4 << 20, generator=torch.Generator().manual_seed(1))}  # 16 MiB: outlasts socket buffers
+    with WeightServer(port=0, keep=1, chunk_bytes=1 << 20) as s:
+        s.publish(1, big)
+        want = bytes(tensor_bytes(big["w"]))
+        published = []
+
+        def landed(start, end):
+            if not published:  # the first MiB is in: evict version 1 while the rest is in flight
+                for v in range(2, 5):
+                    s.publish(v, {"w": -big["w"]})
+                published.append(end)
+
+        buf = bytearray(len(want))
+        receive_range("127.0.0.1", s.bulk.port, pb.BulkRequest(version=1, offset=0, length=len(want)),
+                      memoryview(buf), landed, timeout_s=30)
+        assert s.versions == [4] and published[0] < len(want)
+        assert bytes(buf) == want
 
 
 def test_reflection_lists_the_service(server):

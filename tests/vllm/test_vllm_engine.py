@@ -57,6 +57,11 @@ def test_weights_from_the_weight_service_replace_the_engines(engine, tiny_model,
         client = WeightClient(server.address)
         manifest = client.latest()
         engine.load_weights(client.fetch(manifest), manifest.version)
+        # as an actor's follower does: the buffer goes back and the next version lands in
+        # it; the engine copied version 5, so what lands there now must not reach it
+        client.release()
+        server.publish(6, tiny_model.state_dict())
+        client.fetch(client.latest())
         client.close()
     finally:
         server.stop(grace=0)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'services/proto_gen/hsd/v1/weights.proto\x12\x06hsd.v1\"h\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"\x80\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x07tensors\x18\x02 \x03(\x0b\x32\x12.hsd.v1.TensorInfo\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cpublished_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\"\x12\n\x10GetLatestRequest\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"X\n\x0c\x46\x65tchRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63hunk_start\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x04\"6\n\x05\x43hunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x32\xab\x01\n\rWeightService\x12\x37\n\tGetLatest\x12\x18.hsd.v1.GetLatestRequest\x1a\x10.hsd.v1.Manifest\x12\x31\n\x05Watch\x12\x14.hsd.v1.WatchRequest\x1a\x10.hsd.v1.Manifest0\x01\x12.\n\x05\x46\x65tch\x12\x14.hsd.v1.FetchRequest\x1a\r.hsd.v1.Chunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'services/proto_gen/hsd/v1/weights.proto\x12\x06hsd.v1\"h\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06nbytes\x18\x05 \x01(\x04\x12\x0e\n\x06sha256\x18\x06 \x01(\x0c\"\x93\x01\n\x08Manifest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12#\n\x07tensors\x18\x02 \x03(\x0b\x32\x12.hsd.v1.TensorInfo\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cpublished_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x63hunk_bytes\x18\x05 \x01(\x04\x12\x11\n\tbulk_port\x18\x06 \x01(\r\"\x12\n\x10GetLatestRequest\"%\n\x0cWatchRequest\x12\x15\n\rafter_version\x18\x01 \x01(\x03\"X\n\x0c\x46\x65tchRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05names\x18\x02 \x03(\t\x12\x13\n\x0b\x63hunk_start\x18\x03 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\x04\"6\n\x05\x43hunk\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"M\n\x0b\x42ulkRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0e\n\x06length\x18\x03 \x01(\x04\x12\r\n\x05token\x18\x04 \x01(\t\"*\n\tBulkReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t2\xab\x01\n\rWeightService\x12\x37\n\tGetLatest\x12\x18.hsd.v1.GetLatestRequest\x1a\x10.hsd.v1.Manifest\x12\x31\n\x05Watch\x12\x14.hsd.v1.WatchRequest\x1a\x10.hsd.v1.Manifest0\x01\x12.\n\x05\x46\x65tch\x12\x14.hsd.v1.FetchRequest\x1a\r.hsd.v1.Chunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORINFO']._serialized_start=51
   _globals['_TENSORINFO']._serialized_end=155
   _globals['_MANIFEST']._serialized_start=158
-  _globals['_MANIFEST']._serialized_end=286
-  _globals['_GETLATESTREQUEST']._serialized_start=288
-  _globals['_GETLATESTREQUEST']._serialized_end=306
-  _globals['_WATCHREQUEST']._serialized_start=308
-  _globals['_WATCHREQUEST']._serialized_end=345
-  _globals['_FETCHREQUEST']._serialized_start=347
-  _globals['_FETCHREQUEST']._serialized_end=435
-  _globals['_CHUNK']._serialized_start=437
-  _globals['_CHUNK']._serialized_end=491
-  _globals['_WEIGHTSERVICE']._serialized_start=494
-  _globals['_WEIGHTSERVICE']._serialized_end=665
+  _globals['_MANIFEST']._serialized_end=305
+  _globals['_GETLATESTREQUEST']._serialized_start=307
+  _globals['_GETLATESTREQUEST']._serialized_end=325
+  _globals['_WATCHREQUEST']._serialized_start=327
+  _globals['_WATCHREQUEST']._serialized_end=364
+  _globals['_FETCHREQUEST']._serialized_start=366
+  _globals['_FETCHREQUEST']._serialized_end=454
+  _globals['_CHUNK']._serialized_start=456
+  _globals['_CHUNK']._serialized_end=510
+  _globals['_BULKREQUEST']._serialized_start=512
+  _globals['_BULKREQUEST']._serialized_end=589
+  _globals['_BULKREPLY']._serialized_start=591
+  _globals['_BULKREPLY']._serialized_end=633
+  _globals['_WEIGHTSERVICE']._serialized_start=636
+  _globals['_WEIGHTSERVICE']._serialized_end=807
 # @@protoc_insertion_point(module_scope)
