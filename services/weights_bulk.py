@@ -16,9 +16,10 @@ Wire (one request per connection; lengths u32 little-endian)::
 
 Connection lifecycle on the server::
 
-    accept (at most max_connections at once; further clients wait in the backlog)
-      └─► handler thread: TLS handshake? ─► read request ─► auth, version, range checks
+    accept ─► handler thread: TLS handshake? ─► read request ─► auth, version, range checks
             ├─ refused: BulkReply{code≠0, reason} ─► close
+            ├─ max_transfers already sending: BulkReply{RESOURCE_EXHAUSTED} ─► close
+            │    (the client retries with backoff, as after a busy Fetch)
             └─ BulkReply{0} ─► sendall(views of the snapshot) ─► close
     stop(): the listener closes, open connections are shut down (their clients see a
     short read, which is an error they retry)
@@ -109,7 +110,7 @@ class BulkServer:
         *,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
-        max_connections: int = 32,
+        max_transfers: int = 32,
         on_bytes_sent: Callable[[int], None] | None = None,
         corrupt_next: Callable[[], bool] = lambda: False,
     ) -> None:
@@ -118,7 +119,8 @@ class BulkServer:
         self._tls = tls
         self._on_bytes_sent = on_bytes_sent
         self._corrupt_next = corrupt_next
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._sending = threading.BoundedSemaphore(max_transfers)
+        self._max_transfers = max_transfers
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._listener = socket.create_server((host, port), backlog=64)
@@ -141,11 +143,9 @@ class BulkServer:
 
     def _accept(self) -> None:
         while True:
-            self._slots.acquire()
             try:
                 conn, _ = self._listener.accept()
             except OSError:  # the listener was closed: stop
-                self._slots.release()
                 return
             threading.Thread(target=self._serve, args=(conn,), name="weights-bulk-send", daemon=True).start()
 
@@ -163,7 +163,6 @@ class BulkServer:
             with self._lock:
                 self._open.discard(conn)
             conn.close()
-            self._slots.release()
 
     def _answer(self, sock: socket.socket) -> None:
         req = _recv_message(sock, pb.BulkRequest)
@@ -181,15 +180,22 @@ class BulkServer:
                 code=grpc.StatusCode.OUT_OF_RANGE.value[0],
                 message=f"[{req.offset}, {req.offset + req.length}) is outside the {total} bytes of "
                         f"version {req.version}"))
-        _send_message(sock, pb.BulkReply(code=0))
-        for i, (_, data) in enumerate(snap.views(req.offset, req.offset + req.length)):
-            if i == 0 and self._corrupt_next():
-                flipped = bytearray(data)
-                flipped[-1] ^= 0xFF
-                data = memoryview(flipped)
-            sock.sendall(data)
-            if self._on_bytes_sent:
-                self._on_bytes_sent(len(data))
+        if not self._sending.acquire(blocking=False):
+            return _send_message(sock, pb.BulkReply(
+                code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+                message=f"{self._max_transfers} transfers are in progress; retry"))
+        try:
+            _send_message(sock, pb.BulkReply(code=0))
+            for i, (_, data) in enumerate(snap.views(req.offset, req.offset + req.length)):
+                if i == 0 and self._corrupt_next():
+                    flipped = bytearray(data)
+                    flipped[-1] ^= 0xFF
+                    data = memoryview(flipped)
+                sock.sendall(data)
+                if self._on_bytes_sent:
+                    self._on_bytes_sent(len(data))
+        finally:
+            self._sending.release()
 
 
 def client_tls(ca_file: str) -> ssl.SSLContext:

@@ -111,7 +111,7 @@ class WeightServer:
         self.bulk = None if bulk_port is None else BulkServer(
             host, bulk_port, self._lookup, token=token,
             tls=server_tls(tls_cert, tls_key) if tls_cert and tls_key else None,
-            max_connections=max_workers, on_bytes_sent=on_bytes_sent, corrupt_next=self._take_corruption)
+            max_transfers=max_workers, on_bytes_sent=on_bytes_sent, corrupt_next=self._take_corruption)
 
     @property
     def address(self) -> str:

@@ -5,6 +5,8 @@ and the gRPC Fetch streams ("grpc") that clients fall back to."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 
@@ -305,6 +307,28 @@ def test_a_version_published_mid_bulk_transfer_does_not_disturb_it():
                       memoryview(buf), landed, timeout_s=30)
         assert s.versions == [4] and published[0] < len(want)
         assert bytes(buf) == want
+
+
+def test_bulk_transfers_over_the_limit_are_told_to_retry():
+    big = {"w": torch.randn(4 << 20, generator=torch.Generator().manual_seed(2))}
+    with WeightServer(port=0, max_workers=1, chunk_bytes=1 << 20) as s:
+        s.publish(1, big)
+        nbytes = big["w"].numel() * 4
+        stalled = socket.create_connection(("127.0.0.1", s.bulk.port))  # asks, then never reads
+        body = pb.BulkRequest(version=1, offset=0, length=nbytes).SerializeToString()
+        stalled.sendall(struct.pack("<I", len(body)) + body)
+
+        def refused() -> bool:
+            try:
+                _bulk_range(s, 1, 0, 16)
+            except BulkError as err:
+                return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "retry" in err.details()
+            return False
+
+        assert _until(refused, 10)
+        stalled.close()  # its transfer breaks off and frees the slot
+        assert _until(lambda: not refused(), 10)
+        assert _bulk_range(s, 1, 0, nbytes) == bytes(tensor_bytes(big["w"]))
 
 
 def test_reflection_lists_the_service(server):
