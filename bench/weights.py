@@ -44,15 +44,17 @@ def make_state(nbytes: int, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def _clients(args: list[list[str]]) -> list[dict]:
+def _clients(args: list[list[str]]) -> tuple[list[dict], float]:
     """Start one process per client, wait until all are connected, then release them
-    together so that their transfers overlap."""
+    together so that their transfers overlap. Returns their reports and this process's CPU
+    seconds from the release to the end (a client's untimed warm-up fetch is not in it)."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
     procs = [subprocess.Popen([sys.executable, "-m", "bench.weights_fetch", *a], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env) for a in args]
     for p in procs:
         if p.stdout.readline().strip() != "ready":
             raise RuntimeError("bench client did not connect")
+    cpu = time.process_time()
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
@@ -62,7 +64,7 @@ def _clients(args: list[list[str]]) -> list[dict]:
         if p.returncode:
             raise RuntimeError(f"bench client failed with {p.returncode}")
         out.append(json.loads(stdout))
-    return out
+    return out, time.process_time() - cpu
 
 
 class _TcpSender:
@@ -96,9 +98,7 @@ class _TcpSender:
 def _round(kind: str, address: str, n: int, nbytes: int) -> tuple[float, float, float]:
     """(per-client GB/s, aggregate GB/s, publisher CPU seconds per GB sent)."""
     args = [[kind, address] + ([str(nbytes)] if kind.startswith("tcp") else []) for _ in range(n)]
-    cpu = time.process_time()
-    results = _clients(args)
-    cpu = time.process_time() - cpu
+    results, cpu = _clients(args)
     per_client = sum(r["bytes"] / (r["end"] - r["start"]) for r in results) / n / GB
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     return per_client, n * nbytes / span / GB, cpu / (n * nbytes / GB)
