@@ -150,19 +150,21 @@ class BulkServer:
             threading.Thread(target=self._serve, args=(conn,), name="weights-bulk-send", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._open.add(conn)
+        sock = conn
         try:
             _kernel_timeouts(conn, IO_TIMEOUT_S)
-            sock = self._tls.wrap_socket(conn, server_side=True) if self._tls else conn
+            if self._tls:  # the TLS socket takes over conn's descriptor
+                sock = self._tls.wrap_socket(conn, server_side=True)
+            with self._lock:
+                self._open.add(sock)
             self._answer(sock)
         except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
             # the client sees the short transfer and retries; the server carries on
             log.info("a bulk transfer ended early: %s", err)
         finally:
             with self._lock:
-                self._open.discard(conn)
-            conn.close()
+                self._open.discard(sock)
+            sock.close()
 
     def _answer(self, sock: socket.socket) -> None:
         req = _recv_message(sock, pb.BulkRequest)
