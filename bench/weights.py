@@ -157,6 +157,7 @@ def run(quick: bool = True) -> list[Figure]:
         del state, flat
     return figures
 
+
 if __name__ == "__main__":
     from bench.common import table
 

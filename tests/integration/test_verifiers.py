@@ -99,8 +99,9 @@ def _no_process_of(uid: int, timeout: float = 15.0) -> bool:
 
 def test_a_harmless_program_passes():
     # the escapes' 5 s wall is too tight for a program that must pass on a loaded machine
-    assert CodeVerifier(make_sandbox(Limits(wall_s=60))).verify("def f():\n    return 2", {"test": "def check(g):\n    assert g() == 2",
-                                                                     "entry_point": "f"}).success
+    verifier = CodeVerifier(make_sandbox(Limits(wall_s=60)))
+    assert verifier.verify("def f():\n    return 2",
+                           {"test": "def check(g):\n    assert g() == 2", "entry_point": "f"}).success
 
 
 def test_hsd_verify_cli_writes_a_line_per_input_and_a_summary(tmp_path, humaneval):
