@@ -22,6 +22,7 @@ test: test-main test-vllm
 
 test-main: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(ARGS)
 
 $(VLLM_BIN)/hsd: pyproject.toml scripts/setup-venv-vllm
@@ -47,6 +48,7 @@ proto: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The actor role: prompts in, generated and verified groups out (``actor.py``)."""

@@ -9,11 +9,11 @@ import time
 
 import torch
 
-from actors.engines.base import SamplingSettings
-from actors.engines.hf import HFEngine
-from actors.tasks.arith import ArithTask
 from bench.common import Figure, interleaved
-from services.prompts import render_prompt_ids
+from core.engines.base import SamplingSettings
+from core.engines.hf import HFEngine
+from core.prompts import render_prompt_ids
+from core.tasks.arith import ArithTask
 
 
 def run(quick: bool = True) -> list[Figure]:

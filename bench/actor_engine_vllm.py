@@ -9,17 +9,17 @@ import itertools
 import tempfile
 import time
 
-from actors.engines.base import SamplingSettings
-from actors.tasks.arith import ArithTask
 from bench.common import Figure, interleaved
-from services.prompts import render_prompt_ids
+from core.engines.base import SamplingSettings
+from core.prompts import render_prompt_ids
+from core.tasks.arith import ArithTask
 
 
 def run(quick: bool = True) -> list[Figure]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from actors.engines.vllm import VLLMEngine
+    from core.engines.vllm import VLLMEngine
     from learner.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:

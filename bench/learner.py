@@ -17,17 +17,18 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.tasks.arith import ArithTask
 from bench.common import Figure, interleaved
+from core.config import load_config
+from core.prompts import render_prompt_ids
+from core.records import RolloutGroup, Sample
+from core.tasks.arith import ArithTask
 from learner.batch import build_samples
 from learner.logprobs import pad_batch, response_logits, token_logprobs
+from learner.replay import TaggedGroup
 from learner.tiny_model import build_tiny_model
 from learner.trainer import TorchTrainer
-from services.config import load_config
-from services.peers import assign_peers
-from services.prompts import render_prompt_ids
-from services.records import RolloutGroup, Sample
-from services.replay import TaggedGroup
+from methods import make_method
+from methods.peers import assign_peers
 
 SIZES = {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4}
 SCALING = {  # --full: how the figures move with model size
@@ -67,7 +68,7 @@ def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[flo
                                                         "learner.microbatch_tokens=100000"])
             model = AutoModelForCausalLM.from_pretrained(path)
             trainers[method] = TorchTrainer(model, config, tokenizer.pad_token_id)
-            samples[method] = build_samples(batch, tokenizer, config.algorithm)
+            samples[method] = build_samples(batch, tokenizer, make_method(config.algorithm))
         tokens = sum(s.length for s in samples["grpo"])
         params = sum(p.numel() for p in trainers["grpo"].model.parameters())
 

@@ -18,10 +18,9 @@ import tempfile
 from pathlib import Path
 
 from bench.common import Figure
-from services.config import load_config
-from services.launcher import Launcher, Placement
-
-EMBEDDED = Path(__file__).resolve().parent.parent / "services" / "embedded.toml"
+from core.config import EMBEDDED_CONFIG as EMBEDDED
+from core.config import load_config
+from services.apps.launcher import Launcher, Placement
 
 
 def placement(actors: int) -> Placement:

@@ -13,13 +13,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from bench.common import Figure, interleaved, pinned, rate
-from services.codec import encode_group
+from core.codec import encode_group
+from core.records import RolloutGroup, Sample
+from learner.replay import ReplayBuffer, ReplaySettings
 from services.metrics import ReplayMetrics
-from services.records import RolloutGroup, Sample
-from services.redis_client import connect
-from services.redis_server import EmbeddedRedis
-from services.replay import ReplayBuffer, ReplaySettings
-from services.streams import Keys, publish_group
+from services.transport.redis_client import connect
+from services.transport.redis_server import EmbeddedRedis
+from services.transport.streams import Keys, publish_group
 
 GROUP_SIZE = 8
 

@@ -22,8 +22,8 @@ import time
 import torch
 
 from bench.common import Figure
-from services.weights_server import WeightServer
-from services.weights_snapshot import tensor_bytes
+from services.weights.server import WeightServer
+from services.weights.snapshot import tensor_bytes
 
 GB = 1e9
 

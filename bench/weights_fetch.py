@@ -49,8 +49,8 @@ def _bare(address: str, view: memoryview, sha256: bool) -> Callable[[], None]:
 
 def _weights(mode: str, address: str) -> tuple[Callable[[], None], int]:
     from services.proto_gen.hsd.v1 import weights_pb2 as pb
-    from services.weights_bulk import receive_range, split
-    from services.weights_client import WeightClient
+    from services.weights.bulk import receive_range, split
+    from services.weights.client import WeightClient
 
     client = WeightClient(address, bulk=mode != "grpc")
     manifest = client.latest()

@@ -14,43 +14,54 @@ import json
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 
-from learner.context import hsd_input, opsd_input, sdzero_input, student_input
-from learner.credit import divergence_position
+from core.config import AlgorithmConfig
+from core.prompts import render_prompt_ids
+from core.records import RolloutGroup, Sample
+from core.views import student_input
 from learner.logprobs import score_responses
-from services.prompts import render_prompt_ids
+from methods import make_method
+from methods.credit import divergence_position, token_credit
+from methods.peers import PeerSource, PeerTag
 
 METHOD_FOR_INPUT = {"peer": "hsd", "answer": "opsd", "reward": "sdzero"}
+INPUT_FOR_METHOD = {m: flag for flag, m in METHOD_FOR_INPUT.items()}
+
+
+def _sample(ids: list[int], text: str, success: bool) -> Sample:
+    return Sample(np.asarray(ids, np.int32), np.zeros(len(ids), np.float32), float(success), success, "stop", text)
 
 
 def compute(model: Any, tokenizer: Any, prompt: str, response: str, method: str, *,
             peer: str | None = None, answer: str | None = None, reward: float | None = None) -> dict[str, Any]:
+    """δ_t of ``response`` under ``method``'s teacher view: the view the learner trains with,
+    built from a group of the response (sample 0) and the peer (sample 1, if given)."""
+    if method not in INPUT_FOR_METHOD:
+        raise ValueError(f"unknown method {method!r}")
+    needed = INPUT_FOR_METHOD[method]
+    if {"peer": peer, "answer": answer, "reward": reward}[needed] is None:
+        raise ValueError(f"--method {method} needs --{needed}")
     y = tokenizer.encode(response, add_special_tokens=False)
     if not y:
         raise ValueError("the response is empty")
-    student = student_input(render_prompt_ids(tokenizer, prompt), y)
-    divergence = None
-    if method == "hsd":
-        if peer is None:
-            raise ValueError("--method hsd needs --peer")
-        teacher = hsd_input(tokenizer, prompt, y, peer)
-        divergence = divergence_position(y, tokenizer.encode(peer, add_special_tokens=False))
-    elif method == "opsd":
-        if answer is None:
-            raise ValueError("--method opsd needs --answer")
-        teacher = opsd_input(tokenizer, prompt, y, answer)
-    elif method == "sdzero":
-        if reward is None:
-            raise ValueError("--method sdzero needs --reward")
-        teacher = sdzero_input(tokenizer, prompt, y, success=reward > 0.5)
-    else:
-        raise ValueError(f"unknown method {method!r}")
+    prompt_ids = render_prompt_ids(tokenizer, prompt)
+    samples = [_sample(y, response, reward is not None and reward > 0.5)]
+    if peer is not None:
+        samples.append(_sample(tokenizer.encode(peer, add_special_tokens=False), peer, True))
+    group = RolloutGroup(run="credit", group_id="cli", prompt_id="cli", task="cli", actor="cli", created=0.0,
+                         policy_version=0, prompt=prompt, prompt_ids=np.asarray(prompt_ids, np.int32),
+                         answer=answer, samples=tuple(samples))
+    tag = PeerTag(PeerSource.GROUP, index=1) if peer is not None else PeerTag(PeerSource.NONE)
+    teacher = make_method(AlgorithmConfig(method=method)).teacher_view(tokenizer, group, 0, tag)
+    student = student_input(prompt_ids, y)
+    divergence = divergence_position(y, samples[1].ids.tolist()) if peer is not None else None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         s_lp, _, _ = score_responses(model, [student], pad)
         t_lp, _, _ = score_responses(model, [teacher], pad)
-    delta = (t_lp[0] - s_lp[0]).tolist()
+    delta = token_credit(t_lp[0], s_lp[0], torch.ones(len(y), dtype=torch.bool)).tolist()
     return {"tokens": tokenizer.convert_ids_to_tokens(y), "delta": [round(d, 6) for d in delta],
             "divergence": divergence, "student_ids": student.ids, "teacher_ids": teacher.ids}
 

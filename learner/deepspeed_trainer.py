@@ -38,11 +38,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from learner.batch import TrainingSample, microbatches
-from learner.context import ScoringInput
+from core.config import Config
+from core.views import ScoringInput
+from learner.batch import microbatches
 from learner.teacher import CurrentTeacher, TeacherPolicy
 from learner.trainer import TorchTrainer
-from services.config import Config
+from methods.base import TrainingSample
 
 CHECKPOINT_TAG = "state"
 
@@ -53,7 +54,7 @@ def init_process_group() -> None:
     import deepspeed
 
     if "RANK" not in os.environ:
-        from services.redis_server import free_port
+        from services.net import free_port
 
         os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                            "MASTER_PORT": str(free_port())})

@@ -14,10 +14,10 @@ import logging
 
 import torch
 
-from actors.engines.base import SamplingSettings
-from actors.engines.hf import HFEngine
-from actors.tasks.base import Task
-from services.prompts import render_prompt_ids
+from core.engines.base import SamplingSettings
+from core.engines.hf import HFEngine
+from core.prompts import render_prompt_ids
+from core.tasks.base import Task
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from learner.context import ScoringInput
+from core.views import ScoringInput
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

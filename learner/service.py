@@ -2,9 +2,10 @@
 
 Lifecycle::
 
-    start: load the model (or the latest checkpoint with --resume), host the weight
-           service, publish the current version, write weights address + config hash +
-           version to hsd:{run}:state (actors join on that)
+    start: load the model (or the latest checkpoint with --resume); versions an earlier
+           learner published past that checkpoint are marked lost and skipped; host the
+           weight service, publish the current version, write weights address + config
+           hash + version to hsd:{run}:state (actors join on that, and follow it)
     loop (until `steps` committed or stop()):
         admit prompts while in flight < (η+1)·B
         batch ← replay (stale groups dropped, malformed dead-lettered)
@@ -34,17 +35,20 @@ import redis
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from core.config import Config, config_hash
+from core.records import PromptItem
+from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
-from learner.batch import TrainingSample, build_samples
-from learner.context import assert_shared_vocabulary
-from learner.credit import CreditProfile, credit_profile
-from learner.trainer import StepResult, make_trainer
-from services.config import Config, config_hash
+from learner.batch import build_samples
+from learner.engines import make_trainer
+from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
+from learner.trainer import StepResult
+from methods import make_method
+from methods.base import TrainingSample
+from methods.credit import CreditProfile, credit_profile
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
-from services.records import PromptItem
-from services.replay import ReplayBuffer, ReplaySettings, TaggedGroup
-from services.streams import Keys, PromptAdmission
-from services.weights_server import WeightServer
+from services.transport.streams import Keys, PromptAdmission
+from services.weights.server import WeightServer
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,7 @@ class Learner:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.stop_event = threading.Event()
         resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume)
+        self.method = make_method(config.algorithm)
         self.step, self.version = 0, 0
         if resume_from:
             meta = ckpt.read_meta(resume_from)
@@ -91,7 +96,7 @@ class Learner:
         self.evaluation = self._held_out_eval() if config.learner.eval_every else None
 
     def _task(self):
-        from actors.tasks import make_task
+        from core.tasks import make_task
 
         return make_task(self.config.actor.task, timeout_s=self.config.actor.verifier_timeout_s,
                          allow_unsandboxed=self.config.actor.allow_unsandboxed_code)
@@ -102,7 +107,7 @@ class Learner:
             yield PromptItem(p.prompt_id, task.name, p.prompt, p.answer, self.version)
 
     def _held_out_eval(self):
-        from actors.engines.base import SamplingSettings
+        from core.engines.base import SamplingSettings
         from learner.evaluation import HeldOutEval
 
         c = self.config
@@ -125,14 +130,34 @@ class Learner:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> Learner:
+        self._skip_lost_versions()
         self.weights.start()
+        self.client.hset(self.keys.state, "version", self.version)
         self._publish()
         self.client.hset(self.keys.state, mapping={
             "weights": self.config.weights.advertise or self.weights.address,
-            "config_hash": config_hash(self.config),
-            "version": self.version, "status": "running"})
+            "config_hash": config_hash(self.config), "status": "running"})
         self.metrics.step.set(self.step)
         return self
+
+    def _skip_lost_versions(self) -> None:
+        """After a crash, an earlier learner of this run may have published versions past
+        the checkpoint resumed from (``state.version`` is written before each publication);
+        actors sampled with those weights, which no longer exist. Their range is recorded
+        as lost (the replay drops its groups, reason ``lost``) and this learner's weights
+        are published under the next unused number, so that actors re-sync to them and no
+        version number ever names two different weights."""
+        state = self.client.hmget(self.keys.state, ["version", "lost_versions"])
+        published = int(state[0]) if state[0] is not None else None
+        lost = [tuple(r) for r in json.loads(state[1])] if state[1] else []
+        if published is not None and published > self.version:
+            lost.append((self.version + 1, published))
+            log.warning("versions %d..%d were published after the checkpoint resumed from and are lost: "
+                        "their groups are dropped; this learner continues at version %d",
+                        self.version + 1, published, published + 1)
+            self.version = published + 1
+            self.client.hset(self.keys.state, "lost_versions", json.dumps(lost))
+        self.replay.lost_versions = lost
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -171,12 +196,12 @@ class Learner:
     # ------------------------------------------------------------------ one step
 
     def train(self, batch: list[TaggedGroup]) -> StepResult:
-        samples = build_samples(batch, self.tokenizer, self.config.algorithm)
+        samples = build_samples(batch, self.tokenizer, self.method)
         result = self.trainer.train_step(samples)
         self.step += 1
         self.version += 1
+        self.client.hset(self.keys.state, "version", self.version)  # before any actor can see it
         self._publish()
-        self.client.hset(self.keys.state, "version", self.version)
         self.unacked.extend(batch)
         self.trained_groups += len(batch)
         self.trained_samples += sum(len(t.group.samples) for t in batch)

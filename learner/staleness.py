@@ -1,7 +1,8 @@
 """Bounded staleness: the hard version bound and behaviour-policy importance weights.
 
 At learner version v a group sampled at version v_b is ``v − v_b`` versions stale.
-Groups with v − v_b > η are dropped outright (:func:`within_staleness`). The rest are
+Groups with v − v_b > η, or from a version the learner does not have, are dropped outright
+(:func:`drop_reason`). The rest are
 corrected token by token with ρ_t = π_θold(y_t) / μ(y_t), where π_θold is the learner's
 (detached) log-prob before the update and μ the engine's behaviour log-prob:
 
@@ -17,23 +18,34 @@ tokens whose weight is 0.
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Sequence
+
 import torch
 
 IS_MODES = ("token_truncate", "token_mask", "sequence_mask", "none")
 
 
-def staleness(current_version: int, policy_versions: torch.Tensor) -> torch.Tensor:
-    """v − v_b per group (int64)."""
-    return current_version - policy_versions.long()
+class Drop(enum.StrEnum):
+    """Why a group is not trained (the label of ``hsd_replay_dropped_total``)."""
+
+    STALE = "stale"  # v − v_b > η
+    FUTURE = "future"  # v_b > v: weights this learner never had (an earlier run's, before a resume)
+    LOST = "lost"  # v_b in a range a crashed learner published past its last checkpoint
 
 
-def within_staleness(
-    current_version: int, policy_versions: torch.Tensor, max_staleness: int
-) -> torch.Tensor:
-    """Bool keep-mask: 0 ≤ v − v_b ≤ η. A version from the future (v_b > v) cannot be
-    corrected against and is dropped too."""
-    lag = staleness(current_version, policy_versions)
-    return (lag >= 0) & (lag <= max_staleness)
+def drop_reason(current_version: int, policy_version: int, max_staleness: int,
+                lost: Sequence[tuple[int, int]] = ()) -> Drop | None:
+    """Why a group sampled at v_b cannot be trained at learner version v, or None when
+    0 ≤ v − v_b ≤ η and v_b is in no ``lost`` range (inclusive [lo, hi] pairs). A version
+    from the future cannot be corrected against: its π_θold is unknown."""
+    if policy_version > current_version:
+        return Drop.FUTURE
+    if any(lo <= policy_version <= hi for lo, hi in lost):
+        return Drop.LOST
+    if current_version - policy_version > max_staleness:
+        return Drop.STALE
+    return None
 
 
 def importance_weights(

@@ -8,8 +8,9 @@ Per micro-batch (grouped to a token budget), for each of ``epochs`` passes:
    reused (learner.logprobs.shared_prefix_logits);
 2. student pass (grad): log π_θ(y_t | x, y_<t); in the first epoch these, detached, are
    π_θold — no separate forward;
-3. IS weights w_t from π_θold/μ, credit δ_t = log π_T − log π_θold, advantages
-   A_t = A_i + λ·δ_t (``sampled``) or A_i plus the top-k mixed KL (``topk``);
+3. IS weights w_t from π_θold/μ (learner.staleness), then the method's loss
+   (methods.base.Method.loss: A_t = A_i + λ·δ_t with δ_t = log π_T − log π_θold for
+   ``sampled``, or A_i plus λ × the top-k mixed KL for ``topk``; srt: supervised);
 4. loss normalised over the *global* batch (token count / sequence count of all
    micro-batches), backward (gradients accumulate).
 
@@ -26,13 +27,15 @@ from pathlib import Path
 
 import torch
 
-from learner.batch import TrainingSample, microbatches
-from learner.context import ScoringInput
+from core.config import Config
+from core.views import ScoringInput
+from learner.batch import microbatches
 from learner.logprobs import pad_batch, response_logits, shared_prefix_logits, token_logprobs
-from learner.losses import policy_gradient_loss, supervised_loss, topk_distillation_loss
 from learner.staleness import importance_weights
 from learner.teacher import TeacherPolicy, make_teacher_policy
-from services.config import Config
+from methods import make_method
+from methods.base import LossTerms, TrainingSample
+from methods.credit import token_credit
 
 
 @dataclass
@@ -56,6 +59,7 @@ class TorchTrainer:
         self.model = model
         self.config = config
         self.algo = config.algorithm
+        self.method = make_method(config.algorithm)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.temperature = config.actor.temperature
@@ -174,7 +178,9 @@ class TorchTrainer:
                 totals["loss"] += float(loss.detach())
             grad_norm = self.optimizer_step()
         self.after_step()
-        credit, is_stats, totals = self.merge({k: teacher_lp[k] - old_lp[k] for k in teacher_lp}, is_stats, totals)
+        credit = {k: token_credit(teacher_lp[k], old_lp[k], torch.ones_like(old_lp[k], dtype=torch.bool))
+                  for k in teacher_lp}
+        credit, is_stats, totals = self.merge(credit, is_stats, totals)
         metrics = self._metrics(samples, credit, is_stats, totals, grad_norm)
         return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
 
@@ -196,33 +202,23 @@ class TorchTrainer:
                 teacher_top[k] = (top.values.cpu(), top.indices.cpu())
 
     def _loss(self, mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm) -> torch.Tensor:
+        """The method's loss on this micro-batch (teacher tensors laid out for the loss form)."""
         width = mask.shape[1]
-        adv_i = torch.tensor([s.advantage for s in batch], device=self.device)
         distilled = torch.tensor([k in teacher_lp for k in mb], device=self.device)
-        if self.algo.method == "srt":
-            return supervised_loss(logp, mask, self.algo.normalization, **norm)[0]
-        clip = {"clip_low": self.algo.ppo_clip_low, "clip_high": self.algo.ppo_clip_high}
-        if self.algo.loss == "sampled" and bool(distilled.any()):
-            t_lp = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(self.device)
-            delta = (t_lp - old) * distilled.unsqueeze(-1)
-            adv = adv_i.unsqueeze(-1) + self.algo.credit_coef * delta
-        else:
-            adv = adv_i.unsqueeze(-1).expand_as(logp)
-        loss = policy_gradient_loss(logp, old, adv, mask, w, normalization=self.algo.normalization,
-                                    **clip, **norm)[0]
-        if self.algo.loss == "topk" and bool(distilled.any()):
-            k = self.algo.topk
-            t_logits = torch.full((len(mb), width, logits.shape[-1]), float("-inf"), device=self.device)
+        any_distilled = bool(distilled.any())
+        teacher_logprobs = teacher_logits = None
+        if self.algo.loss == "sampled" and any_distilled:
+            teacher_logprobs = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(self.device)
+        if self.algo.loss == "topk" and any_distilled:
+            teacher_logits = torch.full((len(mb), width, logits.shape[-1]), float("-inf"), device=self.device)
             for row, key in enumerate(mb):
                 if key in teacher_top:
                     values, indices = teacher_top[key]
-                    t_logits[row, : values.shape[0]].scatter_(-1, indices.to(self.device), values.to(self.device))
-            kl_mask = mask & distilled.unsqueeze(-1)
-            t_logits = torch.where(kl_mask.unsqueeze(-1), t_logits, logits.detach())
-            loss = loss + topk_distillation_loss(
-                logits, t_logits, kl_mask, k=k, alpha=self.algo.topk_alpha, is_weights=w,
-                normalization=self.algo.normalization, **norm)[0]
-        return loss
+                    teacher_logits[row, : values.shape[0]].scatter_(-1, indices.to(self.device), values.to(self.device))
+        return self.method.loss(LossTerms(
+            logprobs=logp, logits=logits, old_logprobs=old, mask=mask, is_weights=w,
+            outcome=torch.tensor([s.advantage for s in batch], device=self.device), distilled=distilled,
+            teacher_logprobs=teacher_logprobs, teacher_logits=teacher_logits, norm=norm))
 
     def _metrics(self, samples, credit, is_stats, totals, grad_norm) -> dict[str, float]:
         n = max(len(is_stats), 1)
@@ -242,12 +238,3 @@ class TorchTrainer:
             "credit_sq": float((deltas * deltas).mean()) if deltas.numel() else 0.0,
             "distilled_fraction": len(credit) / max(len(samples), 1),
         }
-
-
-def make_trainer(model: torch.nn.Module, config: Config, pad_id: int) -> TorchTrainer:
-    """The engine ``[learner] engine`` names."""
-    if config.learner.engine == "deepspeed":
-        from learner.deepspeed_trainer import DeepSpeedTrainer
-
-        return DeepSpeedTrainer(model, config, pad_id)
-    return TorchTrainer(model, config, pad_id)

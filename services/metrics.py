@@ -1,4 +1,4 @@
-"""Prometheus metrics of each role (DESIGN §4 names), one class per role.
+"""Prometheus metrics of each role, one class per role (names listed in the README).
 
 Each class registers its metrics in the registry it is given: a process uses the default
 registry (served at /metrics); tests give each instance a fresh ``CollectorRegistry``.
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-DROP_REASONS = ("malformed", "stale")
+# malformed: dead-lettered; the others: learner.staleness.Drop
+DROP_REASONS = ("malformed", "stale", "future", "lost")
 
 
 class ReplayMetrics:

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 
 def _hsd_credit(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", "credit", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "services.apps.cli", "credit", *args], capture_output=True,
                           text=True, timeout=120)
 
 

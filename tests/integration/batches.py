@@ -9,14 +9,15 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.tasks.arith import ArithTask
-from learner.context import srt_input, student_input
+from core.prompts import render_prompt_ids
+from core.records import Revision, RolloutGroup, Sample
+from core.tasks.arith import ArithTask
+from core.views import student_input
+from learner.curricula.arith import corrupt
 from learner.logprobs import score_responses
-from learner.warm_start import corrupt
-from services.peers import assign_peers
-from services.prompts import render_prompt_ids
-from services.records import Revision, RolloutGroup, Sample
-from services.replay import TaggedGroup
+from learner.replay import TaggedGroup
+from methods.peers import assign_peers
+from methods.srt import srt_input
 
 
 def real_groups(model_dir, n_groups: int, run: str = "t", seed: int = 0) -> list[RolloutGroup]:

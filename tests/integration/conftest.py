@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.redis_client import connect
-from services.redis_server import EmbeddedRedis
+from services.transport.redis_client import connect
+from services.transport.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

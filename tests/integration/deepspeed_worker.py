@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from core.config import load_config
 from learner.deepspeed_trainer import init_process_group
-from learner.trainer import make_trainer
-from services.config import load_config
+from learner.engines import make_trainer
 
 
 def main(model_dir: str, batch_file: str, out_dir: str, *overrides: str) -> None:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -15,16 +14,17 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from actors.actor import Actor, JoinRefused
-from actors.engines.hf import HFEngine
-from actors.tasks import make_task
-from actors.tasks.arith import ArithTask
-from services.codec import decode_group, encode_prompt
-from services.config import config_hash, load_config
+from core.codec import decode_group, encode_prompt
+from core.config import config_hash, load_config
+from core.engines.hf import HFEngine
+from core.records import PromptItem
+from core.tasks import make_task
+from core.tasks.arith import ArithTask
 from services.metrics import ActorMetrics
-from services.records import PromptItem
-from services.redis_client import connect
-from services.streams import ACTORS_GROUP, PROMPT_FIELD, ROLLOUT_FIELD, Keys, ensure_group
-from services.weights_server import WeightServer
+from services.transport.redis_client import connect
+from services.transport.streams import ACTORS_GROUP, PROMPT_FIELD, ROLLOUT_FIELD, Keys, ensure_group
+from services.weights.server import WeightServer
+from tests.waiting import wait_until
 
 
 def _overrides(run: str, model_dir) -> list[str]:
@@ -77,8 +77,8 @@ def test_srt_actor_sends_a_scored_revision_with_every_sample(client, tiny_model_
     _admit(client, "srt1", 1)
     actor = _actor(client, config, tiny_model_dir)
     actor.join()
-    while not _groups(client, "srt1"):
-        actor.step(block_ms=200)
+    wait_until(lambda: actor.step(block_ms=200) is not None and _groups(client, "srt1"), 120, "the srt actor wrote no group",
+               interval_s=0)
     (group,) = _groups(client, "srt1")
     problem = ArithTask().problem(group.prompt_id)
     for s in group.samples:
@@ -98,8 +98,8 @@ def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_
     assert actor.readiness()[0] is False
     actor.join()
     assert actor.readiness()[0] and actor.engine.version == 0
-    while len(_groups(client, "actor1")) < 2:
-        actor.step(block_ms=200)
+    wait_until(lambda: actor.step(block_ms=200) is not None and len(_groups(client, "actor1")) >= 2, 120,
+               "the actor did not write its 2 groups", interval_s=0)
     groups = _groups(client, "actor1")
     assert sorted(g.prompt_id for g in groups) == sorted(admitted)
     for g in groups:
@@ -113,13 +113,10 @@ def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_
     # a new version: loaded between batches, and the next group says so
     new = {k: v * 0.5 for k, v in actor.engine.model.state_dict().items()}
     weight_server.publish(1, new)
-    deadline = time.monotonic() + 90
-    while actor.follower.pending() is None:  # the Watch stream announces it
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_until(lambda: actor.follower.pending() is not None, 90, "the Watch stream did not announce version 1")
     _admit(client, "actor1", 1)
-    while len(_groups(client, "actor1")) < 3 and time.monotonic() < deadline:
-        actor.step(block_ms=200)
+    wait_until(lambda: actor.step(block_ms=200) is not None and len(_groups(client, "actor1")) >= 3, 120,
+               "the actor wrote no group after version 1", interval_s=0)
     assert _groups(client, "actor1")[-1].policy_version == 1
     assert torch.equal(actor.engine.model.state_dict()["model.norm.weight"], new["model.norm.weight"])
     assert registry.get_sample_value("hsd_actor_weight_sync_seconds_count") == 2
@@ -143,8 +140,8 @@ def test_a_malformed_prompt_is_dead_lettered_and_the_actor_goes_on(client, tiny_
     _admit(client, "actor3", 1)
     actor = _actor(client, config, tiny_model_dir)
     actor.join()
-    while len(_groups(client, "actor3")) < 1:
-        actor.step(block_ms=200)
+    wait_until(lambda: actor.step(block_ms=200) is not None and _groups(client, "actor3"), 120,
+               "the actor wrote no group after the malformed prompt", interval_s=0)
     [(_, letter)] = client.xrange(keys.deadletter)
     assert letter[b"reason"] == b"not_msgpack"
     assert client.xlen(keys.prompts) == 0
@@ -152,16 +149,16 @@ def test_a_malformed_prompt_is_dead_lettered_and_the_actor_goes_on(client, tiny_
 
 def _spawn_actor(redis_url: str, run: str, model_dir, actor_id: str, tmp_path) -> tuple[subprocess.Popen, str]:
     metrics_file = tmp_path / f"{actor_id}.url"
-    cmd = [sys.executable, "-m", "services.cli", "actor", "--redis-url", redis_url, "--run", run,
+    cmd = [sys.executable, "-m", "services.apps.cli", "actor", "--redis-url", redis_url, "--run", run,
            "--actor-id", actor_id, "--metrics-file", str(metrics_file)]
     for o in _overrides(run, model_dir):
         cmd += ["--set", o]
     with open(tmp_path / f"{actor_id}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 60
-    while not metrics_file.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{actor_id}.log").read_text()
-        time.sleep(0.1)
+    log_text = (tmp_path / f"{actor_id}.log").read_text
+    wait_until(lambda: proc.poll() is not None or metrics_file.exists(), 60,
+               lambda: f"actor {actor_id} wrote no metrics file: {log_text()}")
+    assert proc.poll() is None, f"actor {actor_id} exited with {proc.returncode}: {log_text()}"
     return proc, metrics_file.read_text()
 
 
@@ -180,37 +177,27 @@ def test_actor_process_health_metrics_sigterm_and_reclaim_after_kill_9(
     config = load_config(environ={}, overrides=_overrides("actor4", tiny_model_dir))
     _announce(client, config, weight_server)
     proc, url = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "p1", tmp_path)
-    deadline = time.monotonic() + 60
-    while _get(url + "/healthz")[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(lambda: _get(url + "/healthz")[0] == 200, 60, "the actor process never became ready")
     admitted = _admit(client, "actor4", 4)
-    while len(_groups(client, "actor4")) < 4:
-        assert time.monotonic() < deadline + 60
-        time.sleep(0.1)
+    wait_until(lambda: len(_groups(client, "actor4")) >= 4, 120, "the actor process did not write 4 groups")
     status, text = _get(url + "/metrics")
     assert status == 200 and "hsd_actor_groups_total 4.0" in text
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
     # kill -9 while prompts are pending for it: another actor reclaims them
-    victim, _ = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "victim", tmp_path)
-    while _get(_.strip() + "/healthz")[0] != 200:
-        time.sleep(0.1)
+    victim, victim_url = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "victim", tmp_path)
+    wait_until(lambda: _get(victim_url.strip() + "/healthz")[0] == 200, 60, "the victim actor never became ready")
     more = _admit(client, "actor4", 4)
     keys = Keys("actor4")
-    deadline = time.monotonic() + 60
-    while not client.xpending(keys.prompts, "actors")["pending"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: client.xpending(keys.prompts, "actors")["pending"], 60,
+               "the victim actor took no prompt", interval_s=0.01)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
     rescuer, _ = _spawn_actor(redis_server.url, "actor4", tiny_model_dir, "rescuer", tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while len(_groups(client, "actor4")) < 8:
-            assert time.monotonic() < deadline, "prompts of the killed actor were lost"
-            time.sleep(0.2)
+        wait_until(lambda: len(_groups(client, "actor4")) >= 8, 90, "prompts of the killed actor were lost",
+                   interval_s=0.2)
         assert sorted(g.prompt_id for g in _groups(client, "actor4")) == sorted(admitted + more)
         assert client.xlen(keys.prompts) == 0
     finally:

@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.config import load_config
 from learner.batch import build_samples
 from learner.trainer import TorchTrainer
-from services.config import load_config
+from methods import make_method
 from tests.integration.batches import real_groups, tagged
 
 pytest.importorskip("deepspeed")
@@ -30,7 +31,7 @@ def test_zero_matches_the_torch_engine_and_resumes_exactly(tiny_model_dir, tmp_p
                  "learner.lr=1e-3", "learner.microbatch_tokens=500", f"learner.zero_stage={stage}"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = load_config(environ={}, overrides=overrides)
-    samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, config.algorithm)
+    samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, make_method(config.algorithm))
     torch.save({"samples": samples, "pad_id": tok.pad_token_id}, tmp_path / "batch.pt")
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}

@@ -9,21 +9,35 @@ import torch
 from prometheus_client import CollectorRegistry
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from actors.actor import Actor
+from core.codec import decode_group, encode_group, encode_prompt
+from core.config import load_config
+from core.engines.hf import HFEngine
+from core.records import PromptItem, RolloutGroup, Sample
+from core.tasks import make_task
+from core.tasks.arith import ArithTask
 from learner.batch import build_samples
-from learner.context import reviser_context
 from learner.service import Learner
 from learner.trainer import TorchTrainer
-from services.codec import encode_group
-from services.config import load_config
-from services.records import RolloutGroup, Sample
-from services.streams import ROLLOUT_FIELD, Keys, publish_group
+from methods import make_method
+from methods.sdzero import reviser_context
+from services.metrics import ActorMetrics
+from services.transport.streams import (
+    ACTORS_GROUP,
+    PROMPT_FIELD,
+    ROLLOUT_FIELD,
+    Keys,
+    ensure_group,
+    publish_group,
+)
 from tests.integration.batches import real_groups, tagged
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize(("method", "loss"), [
     ("grpo", "sampled"), ("hsd", "sampled"), ("hsd", "topk"), ("opsd", "sampled"), ("sdzero", "sampled"),
     ("sdzero", "topk"), ("srt", "sampled")])
-def test_one_step_per_method_lowers_the_loss_on_a_fixed_batch(tiny_model_dir, method, loss):
+def test_six_steps_of_each_method_lower_its_objective_on_a_fixed_batch(tiny_model_dir, method, loss):
     """Each method's objective goes down over steps on one batch: the PG surrogate (grpo),
     the NLL (srt), the top-k KL (topk), and for credit-as-advantage mean δ², of which that
     term's update is the gradient on a fixed batch (its surrogate's value moves with δ)."""
@@ -33,7 +47,7 @@ def test_one_step_per_method_lowers_the_loss_on_a_fixed_batch(tiny_model_dir, me
         'algorithm.teacher="frozen"', f'algorithm.advantage="{"none" if distill else "grpo"}"'])
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, config.algorithm)
+    samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, make_method(config.algorithm))
     distilled = [s.teacher is not None for s in samples]
     assert any(distilled) == distill
     trainer = TorchTrainer(model, config, tok.pad_token_id)
@@ -48,7 +62,7 @@ def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_mode
     config = load_config(environ={}, overrides=['algorithm.method="srt"'])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     groups = real_groups(tiny_model_dir, 2)
-    samples = build_samples(tagged(groups), tok, config.algorithm)
+    samples = build_samples(tagged(groups), tok, make_method(config.algorithm))
     accepted = [(g, i) for g in groups for i, s in enumerate(g.samples) if s.revision.success]
     assert len(samples) == len(accepted) == 4  # the revisions of the two wrong attempts per group
     for sample, (g, i) in zip(samples, accepted, strict=True):
@@ -60,7 +74,7 @@ def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_mode
         assert not s.success  # only wrong attempts were revised into right ones here
     trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
     none_accepted = build_samples(tagged([RolloutGroup(**{**groups[0].__dict__, "samples": tuple(
-        Sample(**{**s.__dict__, "revision": None}) for s in groups[0].samples)})]), tok, config.algorithm)
+        Sample(**{**s.__dict__, "revision": None}) for s in groups[0].samples)})]), tok, make_method(config.algorithm))
     assert none_accepted == [] and trainer.train_step(none_accepted).metrics["loss"] == 0.0
 
 
@@ -104,7 +118,9 @@ def test_resume_and_crash_recovery_end_with_the_uninterrupted_weights(client, ti
     first.close()
     del first
     resumed = _learner(client, _config("crash", tmp_path), tiny_model_dir).start()
-    assert (resumed.step, resumed.version) == (2, 2)  # from the checkpoint, not from memory
+    # from the checkpoint, not from memory; version 3 named weights that are gone, so the
+    # resumed ones are published as version 4
+    assert (resumed.step, resumed.version) == (2, 4) and resumed.replay.lost_versions == [(3, 3)]
     resumed.run(steps=4)
     got = _weights(resumed)
     resumed.close()
@@ -129,3 +145,59 @@ def test_poison_entries_are_rejected_counted_and_never_trained_on(client, tiny_m
     assert registry.get_sample_value("hsd_replay_dropped_total", {"reason": "malformed"}) == 1
     assert learner.trained_groups == 2
     assert [f[b"reason"] for _, f in client.xrange(keys.deadletter)] == [b"non_finite"]
+
+
+@pytest.mark.slow
+def test_a_resume_drops_what_lost_versions_generated_and_actors_follow_the_new_learner(
+        client, tiny_model_dir, tmp_path):
+    """Kill the learner after a checkpoint; an actor that loaded a later version goes on
+    sampling with it; the resumed learner (on another port) trains none of those groups,
+    and the actor moves to it and samples with its weights."""
+    run = "lost"
+    keys = Keys(run)
+    config = _config(run, tmp_path)  # checkpoint every 2 steps, 2 groups a step
+    registry = CollectorRegistry()
+    for g in real_groups(tiny_model_dir, 6, run=run):  # version 0, three steps' worth
+        publish_group(client, keys, g)
+    first = _learner(client, config, tiny_model_dir).start()
+    actor = Actor(config, client, HFEngine.from_pretrained(str(tiny_model_dir)), make_task("arith"),
+                  actor_id="a0", metrics=ActorMetrics(CollectorRegistry()))
+    actor.join()
+    for _ in range(3):
+        first.train(first.replay.next_batch(first.version, timeout_s=5))
+    wait_until(lambda: actor.follower.sync() or actor.engine.version == 3, 60, "the actor never loaded version 3")
+    old_address = first.weights.address
+    first.close()  # as good as kill -9: step 3 (version 3) was never checkpointed
+    del first
+
+    def sample(n: int) -> list:
+        before = client.xlen(keys.rollouts)
+        _admit(client, run, n)
+        wait_until(lambda: actor.step(block_ms=200) is not None and client.xlen(keys.rollouts) >= before + n,
+                   120, "the actor did not sample the admitted prompts", interval_s=0)
+        return [decode_group(f[ROLLOUT_FIELD]) for _, f in client.xrange(keys.rollouts)][before:]
+
+    assert {g.policy_version for g in sample(2)} == {3}  # the lost future: sampled while the learner is down
+    resumed = _learner(client, config, tiny_model_dir, registry).start()
+    assert (resumed.step, resumed.version, resumed.replay.lost_versions) == (2, 4, [(3, 3)])
+    assert resumed.weights.address != old_address
+    wait_until(lambda: actor.follower.sync() or actor.engine.version == 4, 60,
+               "the actor did not follow the resumed learner to version 4")
+    assert {g.policy_version for g in sample(2)} == {4}
+    resumed.run(steps=4)  # step 3 retrains the uncheckpointed version-0 groups, step 4 the version-4 ones
+    actor.stop()
+    actor.follower.stop()
+    resumed.close()
+    assert registry.get_sample_value("hsd_replay_dropped_total", {"reason": "lost"}) == 2
+    assert resumed.trained_groups == 4 and client.xlen(keys.rollouts) == 0
+    # step 3 at version 4 (the version-0 groups), step 4 at version 5 (the actor's version-4 groups)
+    assert resumed.history["staleness"][-2:] == [4, 1]
+
+
+def _admit(client, run: str, n: int) -> None:
+    keys = Keys(run)
+    ensure_group(client, keys.prompts, ACTORS_GROUP)
+    problems = ArithTask().problems("train", seed=2)
+    for _ in range(n):
+        p = next(problems)
+        client.xadd(keys.prompts, {PROMPT_FIELD: encode_prompt(PromptItem(p.prompt_id, "arith", p.prompt, p.answer, 0))})

@@ -13,11 +13,11 @@ import time
 import pytest
 import redis
 
-from services.codec import decode_group
-from services.redis_client import RedisUnavailable, connect, masked
-from services.redis_server import EmbeddedRedis, ensure_redis
-from services.streams import ROLLOUT_FIELD, Keys, publish_group
-from tests.unit.services.records_factory import make_group
+from core.codec import decode_group
+from services.transport.redis_client import RedisUnavailable, connect, masked
+from services.transport.redis_server import EmbeddedRedis, ensure_redis
+from services.transport.streams import ROLLOUT_FIELD, Keys, publish_group
+from tests.unit.core.records_factory import make_group
 
 
 def test_kill_9_and_restart_on_the_same_data_dir_loses_no_acknowledged_group(tmp_path):
@@ -85,7 +85,7 @@ def test_password_url_and_configured_url_start_nothing(tmp_path):
 
 def test_hsd_redis_command_starts_serves_and_stops_by_signal(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "redis", "--set", f'redis.data_dir="{tmp_path}"'],
+        [sys.executable, "-m", "services.apps.cli", "redis", "--set", f'redis.data_dir="{tmp_path}"'],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:

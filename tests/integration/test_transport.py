@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.codec import decode_prompt, encode_group
+from core.codec import decode_prompt, encode_group
+from learner.replay import ReplayBuffer, ReplaySettings
+from methods.peers import NoPeer, PeerSource
 from services.metrics import ReplayMetrics
-from services.peers import NoPeer, PeerSource
-from services.replay import ReplayBuffer, ReplaySettings
-from services.streams import (
+from services.transport.streams import (
     ACTORS_GROUP,
     PROMPT_FIELD,
     ROLLOUT_FIELD,
@@ -23,7 +23,7 @@ from services.streams import (
     StreamConsumer,
     publish_group,
 )
-from tests.unit.services.records_factory import make_group, make_prompt, make_sample
+from tests.unit.core.records_factory import make_group, make_prompt, make_sample
 
 
 def _replay(client, run, registry=None, **settings) -> ReplayBuffer:
@@ -116,7 +116,7 @@ def test_malformed_entries_are_dead_lettered_while_good_ones_flow(client):
         client.xadd(keys.rollouts, fields)
     replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=4, vocab_size=100),
                           metrics=ReplayMetrics(registry))
-    batch = replay.next_batch(0, timeout_s=5)
+    batch = replay.next_batch(7, timeout_s=5)  # make_group's groups are version 7
     assert [t.group.group_id for t in batch] == ["00", "01", "02", "03"]
     letters = client.xrange(keys.deadletter)
     assert [f[b"reason"].decode() for _, f in letters] == list(bad)
@@ -128,15 +128,22 @@ def test_malformed_entries_are_dead_lettered_while_good_ones_flow(client):
     assert client.xlen(keys.rollouts) == 0
 
 
-def test_stale_groups_are_dropped_with_reason_stale(client):
+def test_stale_future_and_lost_groups_are_dropped_each_with_its_reason(client):
     keys = Keys("stale")
     registry = CollectorRegistry()
-    for i, v in enumerate([0, 1, 2, 3, 3]):
+    for i, v in enumerate([0, 1, 5, 2, 9, 3, 3]):
         publish_group(client, keys, make_group(run="stale", group_id=f"{i:02x}", policy_version=v))
     replay = _replay(client, "stale", registry, batch_groups=2, max_staleness=1)
     batch = replay.next_batch(version=4, timeout_s=5)
     assert [t.group.policy_version for t in batch] == [3, 3]
     assert _metric(registry, "hsd_replay_dropped_total", reason="stale") == 3
+    assert _metric(registry, "hsd_replay_dropped_total", reason="future") == 2  # versions 5 and 9 at 4
+    replay.commit(batch)
+    replay.lost_versions = [(3, 3)]  # as a resumed learner sets it
+    publish_group(client, keys, make_group(run="stale", group_id="fd", policy_version=3))
+    assert replay.next_batch(version=4, timeout_s=0.3) is None
+    assert _metric(registry, "hsd_replay_dropped_total", reason="lost") == 1
+    replay.lost_versions = []
     # groups buffered while fresh go stale when the version moves on
     publish_group(client, keys, make_group(run="stale", group_id="ff", policy_version=4))
     publish_group(client, keys, make_group(run="stale", group_id="fe", policy_version=4))
@@ -158,7 +165,7 @@ def test_peer_tagging(client, successes, expected):
     publish_group(client, Keys(run), make_group(
         run=run, samples=tuple(make_sample(4, seed=k, success=ok) for k, ok in enumerate(successes))))
     registry = CollectorRegistry()
-    [tagged] = _replay(client, run, registry, batch_groups=1).next_batch(0, timeout_s=5)
+    [tagged] = _replay(client, run, registry, batch_groups=1).next_batch(7, timeout_s=5)
     got = [(t.source, t.index) for t in tagged.tags]
     if expected == "all-group":
         assert all(src is PeerSource.GROUP and j != i for i, (src, j) in enumerate(got))
@@ -208,7 +215,7 @@ def test_admission_keeps_at_most_eta_plus_one_batches_in_flight(client):
     replay = ReplayBuffer(client, keys, ReplaySettings(batch_groups=2),
                           metrics=ReplayMetrics(CollectorRegistry()))
     assert admission.admit(prompts) == 0  # generated but not yet trained: in flight
-    batch = replay.next_batch(0, timeout_s=5)
+    batch = replay.next_batch(7, timeout_s=5)
     assert admission.admit(prompts, settled=0) == 0
     # trained, acknowledgement waiting for a checkpoint: settled, so room again
     assert admission.in_flight(settled=2) == 2

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from actors.sandbox import Limits, make_sandbox
-from actors.tasks import make_task
-from actors.tasks.code import CodeVerifier
+from core.tasks import make_task
+from core.tasks.code import CodeVerifier
+from core.tasks.sandbox import Limits, make_sandbox
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +114,13 @@ def test_hsd_verify_cli_writes_a_line_per_input_and_a_summary(tmp_path, humaneva
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     out = tmp_path / "out.jsonl"
-    done = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--task", "code", "--input", str(src),
+    done = subprocess.run([sys.executable, "-m", "services.apps.cli", "verify", "--task", "code", "--input", str(src),
                            "--output", str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line.get("success") for line in lines[:4]] == [True, False, True, False]
     assert "not JSON" in lines[3]["error"]
     assert lines[4]["summary"]["n"] == 4 and lines[4]["summary"]["successes"] == 2
-    bad = subprocess.run([sys.executable, "-m", "services.cli", "verify", "--task", "nope", "--input", str(src)],
+    bad = subprocess.run([sys.executable, "-m", "services.apps.cli", "verify", "--task", "nope", "--input", str(src)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown task" in bad.stderr

@@ -17,10 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
-from services.weights_bulk import BulkError, receive_range
-from services.weights_client import WeightClient, WeightCorruption, WeightFollower, load_into_model
-from services.weights_server import SERVICE, WeightServer
-from services.weights_snapshot import tensor_bytes
+from services.weights.bulk import BulkError, receive_range
+from services.weights.client import WeightClient, WeightCorruption, WeightFollower, load_into_model
+from services.weights.server import SERVICE, WeightServer
+from services.weights.snapshot import tensor_bytes
 from tests.integration.tls import make_tls
 
 CHUNK = 64 << 10  # small chunks, so every test crosses many chunk boundaries
@@ -43,6 +43,49 @@ def _assert_equal(got: dict, want: dict) -> None:
     for k in want:
         assert got[k].dtype == want[k].dtype, k
         assert torch.equal(got[k], want[k]), k
+
+
+class _FaultySnapshot:
+    """A snapshot whose transfers (Fetch chunks or bulk views) are altered: the first piece
+    gets its last byte flipped (``flip``), or the last piece is left out (``truncate``)."""
+
+    def __init__(self, snapshot, fault: str) -> None:
+        self._snapshot, self._fault = snapshot, fault
+
+    def __getattr__(self, name):
+        return getattr(self._snapshot, name)
+
+    def _alter(self, pieces: list, flip) -> list:
+        if self._fault == "truncate":
+            return pieces[:-1]
+        return [flip(pieces[0]), *pieces[1:]] if pieces else pieces
+
+    def iter_chunks(self, *args):
+        return iter(self._alter(list(self._snapshot.iter_chunks(*args)), _flip_last_byte))
+
+    def views(self, lo, hi):
+        return iter(self._alter(list(self._snapshot.views(lo, hi)),
+                                lambda piece: (piece[0], memoryview(_flip_last_byte(piece[1])))))
+
+
+def _flip_last_byte(data) -> bytes:
+    flipped = bytearray(data)
+    flipped[-1] ^= 0xFF
+    return bytes(flipped)
+
+
+class FaultyServer(WeightServer):
+    """The weight service with a fault injected into the next ``faults`` transfers."""
+
+    fault = "flip"
+    faults = 0
+
+    def _lookup(self, version):
+        snapshot, available = super()._lookup(version)
+        if snapshot is not None and self.faults > 0:
+            self.faults -= 1
+            return _FaultySnapshot(snapshot, self.fault), available
+        return snapshot, available
 
 
 class _Sent:
@@ -234,19 +277,43 @@ def test_a_client_that_cannot_reach_the_bulk_port_keeps_to_grpc(server):
         unserved.stop(grace=0)
 
 
-def test_a_flipped_byte_is_detected_and_the_fetch_retried(server, transport):
+@pytest.fixture
+def faulty_server():
+    s = FaultyServer(port=0, keep=2, chunk_bytes=CHUNK).start()
+    yield s
+    s.stop(grace=0)
+
+
+def test_a_flipped_byte_is_detected_and_the_fetch_retried(faulty_server, transport):
     state = _state(2)
-    server.publish(1, state)
-    client = _client(server.address, transport)
+    faulty_server.publish(1, state)
+    client = _client(faulty_server.address, transport)
     manifest = client.latest()
-    server.corrupt_next_fetch()
+    faulty_server.faults = 1
     with pytest.raises(WeightCorruption, match="sha256 mismatch"):
         client.fetch_once(manifest)
-    server.corrupt_next_fetch()
+    assert faulty_server.faults == 0, "the fault was never served"
+    faulty_server.faults = 1
     _assert_equal(client.fetch(manifest, attempts=2), state)  # the retry gets clean bytes
+    assert faulty_server.faults == 0
 
 
-def test_a_truncated_stream_is_corruption(server, transport):
+def test_a_transfer_cut_short_by_the_server_is_never_loaded(faulty_server, transport):
+    state = _state(3)
+    faulty_server.publish(1, state)
+    faulty_server.fault = "truncate"
+    client = _client(faulty_server.address, transport)
+    manifest = client.latest()
+    faulty_server.faults = 1
+    with pytest.raises((WeightCorruption, grpc.RpcError)) as info:
+        client.fetch_once(manifest)
+    if isinstance(info.value, grpc.RpcError):  # the bulk channel counts the missing bytes
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
+    faulty_server.faults = 1
+    _assert_equal(client.fetch(manifest, attempts=2), state)
+
+
+def test_a_manifest_promising_other_sizes_than_the_stream_is_corruption(server, transport):
     server.publish(1, _state())
     client = _client(server.address, transport)
     manifest = client.latest()

@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.engines.base import SamplingSettings
+from core.engines.base import SamplingSettings
+from core.prompts import render_prompt_ids
 from learner.tiny_model import build_tiny_model
-from services.prompts import render_prompt_ids
-from services.weights_client import WeightClient
-from services.weights_server import WeightServer
+from services.weights.client import WeightClient
+from services.weights.server import WeightServer
 
 pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    from actors.engines.vllm import VLLMEngine
+    from core.engines.vllm import VLLMEngine
 
     return VLLMEngine(str(tiny_model_dir), max_model_len=256)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from actors.engines.base import SamplingSettings
-from actors.tasks.arith import ArithTask, is_test
+from core.engines.base import SamplingSettings
+from core.tasks.arith import ArithTask, is_test
 from learner.evaluation import HeldOutEval
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from learner.context import ScoringInput
+from core.views import ScoringInput
 from learner.logprobs import pad_batch, response_logits, shared_prefix_logits, token_logprobs
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.staleness import importance_weights, staleness, within_staleness
+from learner.staleness import Drop, drop_reason, importance_weights
 
 T = torch.tensor
 
@@ -17,11 +17,14 @@ def _logs(rhos, mu=-1.0):
     return T([[mu + math.log(r) for r in row] for row in rhos]), torch.full((len(rhos), len(rhos[0])), mu)
 
 
-def test_hard_bound_drops_beyond_eta_and_future_versions():
-    versions = T([10, 9, 8, 7, 11])
-    assert staleness(10, versions).tolist() == [0, 1, 2, 3, -1]
-    assert within_staleness(10, versions, 2).tolist() == [True, True, True, False, False]
-    assert within_staleness(10, versions, 0).tolist() == [True, False, False, False, False]
+def test_drop_reason_bounds_staleness_and_refuses_future_and_lost_versions():
+    reasons = [drop_reason(10, v, 2) for v in (10, 9, 8, 7, 11)]
+    assert reasons == [None, None, None, Drop.STALE, Drop.FUTURE]
+    assert [drop_reason(10, v, 0) for v in (10, 9)] == [None, Drop.STALE]
+    # a resume from version 5 after a crash that had published up to 8: 6..8 are lost,
+    # and after the learner jumps to 9 they stay lost although within η of it
+    lost = [(6, 8)]
+    assert [drop_reason(9, v, 4, lost) for v in (5, 6, 8, 9)] == [None, Drop.LOST, Drop.LOST, None]
 
 
 def test_token_truncate():

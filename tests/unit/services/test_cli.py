@@ -3,13 +3,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from services.cli import COMMANDS, EXIT_USAGE, main
+from services.apps.cli import COMMANDS, EXIT_USAGE, main
 
 DESIGN_COMMANDS = {"run", "learner", "actor", "redis", "credit", "verify", "top"}
 
 
 def _hsd(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "services.apps.cli", *args], capture_output=True,
                           text=True, env=env, timeout=60)
 
 
@@ -22,7 +22,7 @@ def test_help_lists_every_design_subcommand():
 
 
 def test_help_does_not_import_heavy_modules():
-    probe = ("import sys\nfrom services.cli import build_parser\n"
+    probe = ("import sys\nfrom services.apps.cli import build_parser\n"
              "try:\n    build_parser().parse_args(['--help'])\nexcept SystemExit:\n    pass\n"
              "heavy = [m for m in ('torch', 'transformers', 'grpc', 'redis') if m in sys.modules]\n"
              "print('heavy=' + ','.join(heavy))")
@@ -34,6 +34,11 @@ def test_help_does_not_import_heavy_modules():
 def test_bad_config_exits_2_naming_the_field(capsys):
     assert main(["learner", "--set", "learner.lr=-1"]) == EXIT_USAGE
     assert "learner.lr" in capsys.readouterr().err
+
+
+def test_a_method_refusing_its_settings_exits_2_naming_the_field(capsys):
+    assert main(["config", "--set", 'algorithm.method="grpo"', "--set", 'algorithm.advantage="none"']) == EXIT_USAGE
+    assert "algorithm.advantage: method grpo needs" in capsys.readouterr().err
 
 
 def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.experiment import OFFSETS, credit_alignment, markdown, table
+from services.apps.experiment import OFFSETS, credit_alignment, markdown, table
 
 
 def test_table_gives_mean_and_population_std_per_budget():

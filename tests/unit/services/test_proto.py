@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
-from services.weights_snapshot import encode_chunk
+from services.weights.snapshot import encode_chunk
 
 ROOT = Path(__file__).resolve().parents[3]
 GENERATED = ["weights_pb2.py", "weights_pb2.pyi", "weights_pb2_grpc.py"]

@@ -1,0 +1,64 @@
+"""Tasks by name: ``make_task("chain" | "arith" | "gsm8k" | "humaneval" | "math:FILE.jsonl" |
+"code" | "math" | "gym:NAME")``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.tasks.base import Problem, Score, Task
+
+__all__ = ["Problem", "Score", "Task", "make_task", "TASK_NAMES"]
+TASK_NAMES = ("chain", "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
+
+
+class _VerifierOnly(Task):
+    """A verifier without a problem source (``hsd verify --task math|code``)."""
+
+    def __init__(self, name: str, verifier: Any) -> None:
+        self.name = name
+        self.verifier = verifier
+
+    def problems(self, split: str = "train", seed: int = 0):
+        raise ValueError(f"task {self.name!r} has no problems of its own; use a dataset task")
+
+    def verify(self, completion: str, fields: dict[str, Any]) -> Score:
+        return self.verifier.verify(completion, fields)
+
+
+def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = False) -> Task:
+    if name == "chain":
+        from core.tasks.chain import ChainTask
+
+        return ChainTask()
+    if name == "arith":
+        from core.tasks.arith import ArithTask
+
+        return ArithTask()
+    if name == "gsm8k":
+        from core.tasks.math import gsm8k_task
+
+        return gsm8k_task(timeout_s)
+    if name == "humaneval":
+        from core.tasks.code import humaneval_task
+        from core.tasks.sandbox import Limits
+
+        return humaneval_task(limits=Limits(wall_s=timeout_s), allow_unsandboxed=allow_unsandboxed)
+    if name == "math":
+        from core.tasks.math import MathVerifier
+
+        return _VerifierOnly("math", MathVerifier(timeout_s))
+    if name.startswith("math:"):
+        from core.tasks.math import jsonl_math_task
+
+        return jsonl_math_task(name.split(":", 1)[1], timeout_s=timeout_s)
+    if name == "code":
+        from core.tasks.code import CodeVerifier
+        from core.tasks.sandbox import Limits, make_sandbox
+
+        sandbox = make_sandbox(Limits(wall_s=timeout_s), allow_unsandboxed=allow_unsandboxed)
+        return _VerifierOnly("code", CodeVerifier(sandbox))
+    if name.startswith("gym:"):
+        from core.tasks.gym import gym_task
+
+        return gym_task(name.split(":", 1)[1])
+    raise ValueError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")

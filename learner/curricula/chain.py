@@ -1,0 +1,133 @@
+"""The table chain's warm start: world knowledge with honest uncertainty, and in-context
+skills whose data says nothing about which values are right.
+
+World knowledge (``Beliefs``): 40% of the table entries are *hard*: the model is taught
+the right value or one fixed confusable wrong value with equal probability; the rest are
+taught right. Each step is then right with probability ≈ 0.8, and a failed chain fails at
+a hard entry — which a successful peer's chain shows and reinforcement learning can fix.
+
+The mixture (fractions of a batch):
+
+- 0.45 plain: prompt → a chain sampled from the beliefs (the student's own distribution);
+- 0.20 peer: HSD teacher view with a peer chain (itself sampled from the beliefs: the
+  skill is copying, not knowing which chain is right) → half the time that chain, half the
+  time a chain that leaves it at one step and goes on from its own value (re-synchronising
+  after a deviation); the loss skips the deviating value, so the teacher learns to follow
+  a deviated prefix, never to deviate;
+- 0.15 answer: OPSD teacher view with the chain's own final value as the reference answer
+  → the chain (the answer says where the chain ends, nothing about its intermediate values);
+- 0.20 revision: SD-Zero reviser view of an attempt (from the beliefs) with the phrase for
+  its reward → for a wrong attempt, an independent chain from the beliefs (the reviser
+  starts out as good as the student; a real SRT phase teaches it to do better), for a right
+  one, the attempt itself ("let me rephrase").
+
+Only train-split problems are used; held-out problems are never seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.prompts import render_prompt_ids
+from core.tasks.chain import DOMAIN, FUNCTIONS, TABLES, ChainTask, is_test, parse_prompt, render
+from core.views import student_input
+from learner.curricula import Example
+from methods.hsd import hsd_input
+from methods.opsd import opsd_input
+from methods.srt import srt_input
+
+MIXTURE = (("plain", 0.45), ("peer", 0.20), ("answer", 0.15), ("revision", 0.20))
+BELIEF_SEED = "chain-beliefs-v1"
+HARD_FRACTION = 0.4
+CONFUSION = 0.5  # probability of the confusable value at a hard entry
+
+Step = tuple[str, int, int]
+
+
+@dataclass(frozen=True)
+class Beliefs:
+    """The confusable wrong value of each hard entry (function, input)."""
+
+    confusable: dict[tuple[str, int], int]
+
+    def sample(self, f: str, x: int, rng: random.Random) -> int:
+        right = TABLES[f][x]
+        wrong = self.confusable.get((f, x))
+        return wrong if wrong is not None and rng.random() < CONFUSION else right
+
+    def chain(self, start: int, functions: Sequence[str], rng: random.Random) -> list[Step]:
+        out, value = [], start
+        for f in functions:
+            nxt = self.sample(f, value, rng)
+            out.append((f, value, nxt))
+            value = nxt
+        return out
+
+
+def beliefs(seed: str = BELIEF_SEED) -> Beliefs:
+    rng = random.Random(seed)
+    confusable = {}
+    for f in FUNCTIONS:
+        for x in range(DOMAIN):
+            if rng.random() < HARD_FRACTION:
+                confusable[(f, x)] = rng.choice([v for v in range(DOMAIN) if v != TABLES[f][x]])
+    return Beliefs(confusable)
+
+
+BELIEFS = beliefs()
+
+
+def deviate(chain: Sequence[Step], functions: Sequence[str], rng: random.Random) -> tuple[list[Step], int]:
+    """A chain that leaves ``chain`` at one step (another value there) and goes on from its
+    own value with the beliefs; returns it and the index of the deviating step."""
+    j = rng.randrange(len(chain))
+    f, x, y = chain[j]
+    out = list(chain[:j]) + [(f, x, rng.choice([v for v in range(DOMAIN) if v != y]))]
+    rest = BELIEFS.chain(out[-1][2], functions[j + 1:], rng)
+    return out + rest, j
+
+
+def _target(tokenizer, chain: Sequence[Step], skip_step: int | None = None) -> tuple[list[int], list[bool] | None]:
+    """Token ids of the rendered chain + EOS, and (with ``skip_step``) a mask that leaves
+    out the tokens of that step's value."""
+    text = render(chain)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"]) + [tokenizer.eos_token_id]
+    if skip_step is None:
+        return ids, None
+    value_at = _value_offset(chain, skip_step)
+    trained = [not (start <= value_at < end) for start, end in encoded["offset_mapping"]] + [True]
+    return ids, trained
+
+
+def _value_offset(chain: Sequence[Step], step: int) -> int:
+    """Character offset of step ``step``'s value in ``render(chain)``."""
+    prefix = render(chain[: step + 1]).split(". ####")[0]
+    return len(prefix) - len(str(chain[step][2]))
+
+
+def example(tokenizer, rng: random.Random) -> Example:
+    task = ChainTask()
+    problem = task.draw(rng)
+    while is_test(problem.prompt_id):
+        problem = task.draw(rng)
+    start, functions = parse_prompt(problem.prompt_id)
+    kind = rng.choices(*zip(*MIXTURE, strict=True))[0]
+    chain = BELIEFS.chain(start, functions, rng)
+    if kind == "plain":
+        return Example(student_input(render_prompt_ids(tokenizer, problem.prompt), _target(tokenizer, chain)[0]))
+    if kind == "peer":
+        if rng.random() < 0.5:
+            ids, trained = _target(tokenizer, chain)
+        else:
+            deviated, j = deviate(chain, functions, rng)
+            ids, trained = _target(tokenizer, deviated, skip_step=j)
+        return Example(hsd_input(tokenizer, problem.prompt, ids, render(chain)), trained)
+    if kind == "answer":
+        return Example(opsd_input(tokenizer, problem.prompt, _target(tokenizer, chain)[0], str(chain[-1][2])))
+    attempt = _target(tokenizer, chain)[0]
+    success = chain[-1][2] == int(problem.answer)
+    revision = attempt if success else _target(tokenizer, BELIEFS.chain(start, functions, rng))[0]
+    return Example(srt_input(tokenizer, problem.prompt, attempt, success, revision))

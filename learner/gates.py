@@ -1,0 +1,197 @@
+"""Gates a warm-started model must pass before a comparison on the table chain means
+anything (``hsd gates``). Each is measured on held-out problems, before any RL:
+
+- G1 the peer-conditioned teacher (HSD) can use a peer: with a successful peer in
+  context it reproduces the peer (≥ 95% of samples); at the positions where the student's
+  own failed samples leave that peer, its p(peer token) exceeds the student's by ≥ 0.5
+  (mean); after a deviated prefix it re-synchronises, i.e. goes on from the deviated value
+  (≥ 90%), so its credit does not punish the steps after a mistake.
+- G2 the answer-conditioned teacher (OPSD) is silent at intermediate divergences: on
+  k ≥ 4 chains whose divergence is not at the last step, its mean |δ| at the divergence
+  is ≤ 0.3 × HSD's.
+- G3 HSD's credit is where the mistake is: the share of Σ|δ| within ±2 tokens of the
+  divergence is ≥ 0.6 (mean over failed samples).
+- G4 (SD-Zero, needs a model after a real SRT phase): the reviser's accuracy after a failed
+  attempt exceeds the student's accuracy.
+
+A comparison whose gates fail is inconclusive.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from core.engines.base import SamplingSettings
+from core.engines.hf import HFEngine
+from core.prompts import render_prompt_ids
+from core.tasks.chain import ChainTask, parse_prompt, render, steps
+from core.views import ScoringInput, student_input
+from learner.logprobs import score_responses
+from methods.credit import divergence_mass, divergence_position, token_credit
+from methods.hsd import hsd_input
+from methods.opsd import opsd_input
+from methods.sdzero import reviser_context
+
+
+@dataclass
+class Gate:
+    name: str
+    value: float | None
+    threshold: float
+    higher_is_better: bool
+    what: str
+
+    @property
+    def passed(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value >= self.threshold if self.higher_is_better else self.value <= self.threshold
+
+    def line(self) -> str:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[self.passed]
+        shown = "-" if self.value is None else f"{self.value:.3f}"
+        op = "≥" if self.higher_is_better else "≤"
+        return f"{verdict} {self.name:<20} {shown:>7}  (gate {op} {self.threshold:g})  {self.what}"
+
+
+class _Scorer:
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    @torch.no_grad()
+    def logprobs(self, views: list[ScoringInput], batch: int = 64) -> list[torch.Tensor]:
+        out = []
+        for i in range(0, len(views), batch):
+            chunk = views[i:i + batch]
+            lp, _, _ = score_responses(self.model, chunk, self.pad)
+            out += [lp[r, : v.length].float() for r, v in enumerate(chunk)]
+        return out
+
+    @torch.no_grad()
+    def probabilities_at(self, views: list[ScoringInput], positions: list[int], tokens: list[int]) -> list[float]:
+        """p(tokens[i] | the view's context and response before positions[i])."""
+        out = []
+        for view, pos, tok in zip(views, positions, tokens, strict=True):
+            ids = torch.tensor([view.ids[: view.start + pos]])
+            logits = self.model(input_ids=ids).logits[0, -1].float()
+            out.append(float(torch.softmax(logits, -1)[tok]))
+        return out
+
+
+def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int = 0,
+            reviser_path: str | None = None) -> list[Gate]:
+    engine = HFEngine.from_pretrained(model_path)
+    tok = engine.tokenizer
+    scorer = _Scorer(engine.model, tok)
+    eos = [tok.eos_token_id]
+    rng = random.Random(seed)
+    task = ChainTask()
+    held_out = list(_take(task.problems("test", seed=seed, k=None), problems))
+    sampling = SamplingSettings(n=samples, max_tokens=64)
+    torch.manual_seed(seed)
+
+    # the student's own samples: failures and the correct chain as their peer
+    student_prompts = [render_prompt_ids(tok, p.prompt) for p in held_out]
+    groups = engine.generate(student_prompts, sampling)
+    student_success = []
+    failed: list[tuple[Any, list[int], list[int]]] = []  # (problem, y, peer ids)
+    for p, group in zip(held_out, groups, strict=True):
+        peer = tok.encode(p.reference, add_special_tokens=False) + eos
+        for c in group:
+            ok = task.score(c.text, p).success
+            student_success.append(ok)
+            if not ok and c.ids and c.ids != peer:
+                failed.append((p, c.ids, peer))
+
+    # G1a: reproduce a successful peer
+    copies = engine.generate([hsd_input(tok, p.prompt, [], p.reference).ids for p in held_out],
+                             SamplingSettings(n=2, max_tokens=64))
+    reproduced = [c.text.strip() == p.reference for p, group in zip(held_out, copies, strict=True) for c in group]
+
+    # G1b, G2, G3: at the failed samples' divergences
+    hsd_views = [hsd_input(tok, p.prompt, y, p.reference) for p, y, _ in failed]
+    opsd_views = [opsd_input(tok, p.prompt, y, p.answer) for p, y, _ in failed]
+    student_views = [student_input(render_prompt_ids(tok, p.prompt), y) for p, y, _ in failed]
+    d = [divergence_position(y, peer) for _, y, peer in failed]
+    peer_tokens = [peer[i] for (_, _, peer), i in zip(failed, d, strict=True)]
+    p_teacher = scorer.probabilities_at(hsd_views, d, peer_tokens)
+    p_student = scorer.probabilities_at(student_views, d, peer_tokens)
+    s_lp, h_lp, o_lp = (scorer.logprobs(v) for v in (student_views, hsd_views, opsd_views))
+    hsd_delta = [token_credit(h, s, torch.ones_like(s, dtype=torch.bool)) for h, s in zip(h_lp, s_lp, strict=True)]
+    opsd_delta = [token_credit(o, s, torch.ones_like(s, dtype=torch.bool)) for o, s in zip(o_lp, s_lp, strict=True)]
+    masses = [m for delta, i in zip(hsd_delta, d, strict=True) if (m := divergence_mass(delta, i, 2)) is not None]
+    intermediate = [k for k, ((p, y, _), i) in enumerate(zip(failed, d, strict=True))
+                    if p.fields["k"] >= 4 and not _at_last_step(tok, p, i)]
+    hsd_at = [abs(float(hsd_delta[k][d[k]])) for k in intermediate]
+    opsd_at = [abs(float(opsd_delta[k][d[k]])) for k in intermediate]
+
+    # G1c: re-synchronise after a deviated prefix
+    resync_prompts, expected = [], []
+    for p in held_out:
+        start, functions = parse_prompt(p.prompt_id)
+        if len(functions) < 2:
+            continue
+        chain = steps(start, functions)
+        j = rng.randrange(len(chain) - 1)
+        f, x, y = chain[j]
+        wrong = rng.choice([v for v in range(10) if v != y])
+        prefix = render(chain[:j] + [(f, x, wrong)]).split(". ####")[0] + ", "
+        resync_prompts.append(hsd_input(tok, p.prompt, tok.encode(prefix, add_special_tokens=False),
+                                        p.reference).ids)
+        expected.append(f"{functions[j + 1]}{wrong}=")
+    continued = engine.generate(resync_prompts, SamplingSettings(n=1, max_tokens=4))
+    resync = [g[0].text.startswith(e) for g, e in zip(continued, expected, strict=True)]
+
+    gates = [
+        Gate("G1 peer reproduced", _mean(reproduced), 0.95, True,
+             "samples of the HSD view that copy a successful peer exactly"),
+        Gate("G1 p(peer) gain", _mean([t - s for t, s in zip(p_teacher, p_student, strict=True)]), 0.5, True,
+             f"teacher − student p(peer token) at {len(d)} failed samples' divergences"),
+        Gate("G1 re-synchronises", _mean(resync), 0.9, True,
+             "HSD view after a deviated prefix goes on from the deviated value"),
+        Gate("G2 OPSD/HSD |δ|", (statistics.fmean(opsd_at) / statistics.fmean(hsd_at)) if hsd_at else None,
+             0.3, False, f"mean |δ| at {len(intermediate)} intermediate divergences (k ≥ 4)"),
+        Gate("G3 HSD mass ±2", _mean(masses), 0.6, True, "share of Σ|δ| within ±2 tokens of the divergence"),
+    ]
+    student_accuracy = _mean(student_success)
+    if reviser_path is None:
+        gates.append(Gate("G4 reviser > student", None, 0.0, True,
+                          "needs a model after an SRT phase: hsd gates --reviser DIR"))
+    else:
+        reviser = HFEngine.from_pretrained(reviser_path)
+        contexts = [reviser_context(tok, p.prompt, y, False) for p, y, _ in failed]
+        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=64))
+        accuracy = _mean([task.score(g[0].text, p).success for (p, _, _), g in zip(failed, revised, strict=True)])
+        gates.append(Gate("G4 reviser > student", None if accuracy is None else accuracy - student_accuracy,
+                          0.0, True, f"reviser accuracy after a failed attempt ({accuracy}) − the student's "
+                          f"({student_accuracy:.3f})"))
+    return gates
+
+
+def _at_last_step(tokenizer: Any, problem: Any, position: int) -> bool:
+    """Whether token ``position`` of the reference lies in its last step or the answer."""
+    text = problem.reference
+    last_step = text.rfind(", ")
+    prefix_len = len(tokenizer.encode(text[: last_step + 2], add_special_tokens=False))
+    return position >= prefix_len
+
+
+def _mean(values: list) -> float | None:
+    return statistics.fmean(float(v) for v in values) if values else None
+
+
+def _take(iterator, n: int):
+    for _ in range(n):
+        yield next(iterator)
+
+
+def report(gates: list[Gate]) -> dict[str, Any]:
+    return {"gates": [asdict(g) | {"passed": g.passed} for g in gates],
+            "conclusive": all(g.passed is not False for g in gates)}
+

@@ -1,0 +1,53 @@
+"""SD-Zero: the model as its own reviser, conditioned on its first attempt and the binary
+reward, distilled back into the student.
+
+Reviser context of an attempt y with reward r: x, then the assistant turn
+``y ++ "\\n\\n" ++ P(r) ++ "\\n\\n"`` (the attempt without its trailing stop tokens).
+Teacher view: that context followed by y again; the loss reads the second, complete copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from core.prompts import Messages, render_prompt_ids
+from core.records import RolloutGroup
+from core.views import ScoringInput, scoring_input, stop_token_ids
+from methods.base import Method
+from methods.peers import PeerTag
+
+REVISION_PHRASES = {
+    True: "Let me rephrase the above solution.",
+    False: "Wait, this response is wrong. Let me correct it.",
+}
+
+
+def reviser_context(tokenizer: Any, prompt: str | Messages, attempt: Sequence[int], success: bool,
+                    stop_ids: set[int] | None = None) -> list[int]:
+    """x, then the assistant turn y ++ "\\n\\n" ++ P(r) ++ "\\n\\n": where the reviser goes on.
+
+    The attempt drops its trailing stop tokens (the turn goes on). SD-Zero's teacher reads
+    a second copy of y after it; `srt` actors sample the revision from it.
+    """
+    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
+    first = list(attempt)
+    while first and first[-1] in stop_ids:
+        first.pop()
+    separator = tokenizer.encode("\n\n" + REVISION_PHRASES[bool(success)] + "\n\n", add_special_tokens=False)
+    return render_prompt_ids(tokenizer, prompt) + first + list(separator)
+
+
+def sdzero_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], success: bool,
+                 stop_ids: set[int] | None = None) -> ScoringInput:
+    """Reviser view: x, then the assistant turn y ++ "\\n\\n" ++ P(r) ++ "\\n\\n" ++ y."""
+    return scoring_input(reviser_context(tokenizer, prompt, response, success, stop_ids), response)
+
+
+class SDZero(Method):
+    name = "sdzero"
+    wants_peers = True  # not read by the teacher: the divergence statistics compare teachers
+
+    def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
+        s = group.samples[index]
+        return sdzero_input(tokenizer, group.prompt, s.ids.tolist(), s.success)

@@ -1,0 +1,444 @@
+"""The ``hsd`` command line.
+
+Only argparse and the config module load before a command runs; each command imports
+its heavy dependencies (torch, transformers, grpc) inside its own function, so
+``hsd --help`` and config errors are fast. Exit codes: 0 ok, 2 bad usage or config,
+1 runtime error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+log = logging.getLogger("hsd")
+
+
+def _config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file (README: Configuration)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one config field (repeatable); wins over the file and HSD_* env vars",
+    )
+
+
+def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None):
+    from core.config import load_config
+
+    config = load_config(args.config, overrides=args.overrides, extra=extra)
+    from methods import check_config  # after the config parsed: methods bring torch
+
+    check_config(config)
+    return config
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from pathlib import Path
+
+    from services.transport.redis_server import EmbeddedRedis
+
+    config = _load(args)
+    if config.redis.url:
+        print(f"[redis] url is set ({config.redis.url}): nothing to start")
+        return EXIT_OK
+    data_dir = config.redis.data_dir or str(Path(config.run.dir) / "redis")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with EmbeddedRedis(data_dir) as server:
+        print(f"redis {server.url} pid {server.pid} data {server.data_dir}", flush=True)
+        while not stop.is_set() and server.process.poll() is None:
+            stop.wait(0.5)
+        if server.process.poll() is not None:
+            print(f"hsd redis: server exited with {server.process.returncode}", file=sys.stderr)
+            return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from services.apps.verify import main as verify_main
+
+    try:
+        return verify_main(args.task, args.input, args.output, args.workers, args.allow_unsandboxed)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"hsd verify: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _join_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Redis URL and run name of a running run: from --join RUN_DIR's endpoints.json or flags."""
+    import json
+    from pathlib import Path
+
+    extra: dict[str, Any] = {}
+    if args.join:
+        endpoints = json.loads((Path(args.join) / "endpoints.json").read_text())
+        extra = {"redis": {"url": endpoints["redis"]}, "run": {"name": endpoints["run"]}}
+        if endpoints.get("config"):
+            args.config = args.config or endpoints["config"]
+    if args.redis_url:
+        extra.setdefault("redis", {})["url"] = args.redis_url
+    if args.run:
+        extra.setdefault("run", {})["name"] = args.run
+    return extra
+
+
+def cmd_actor(args: argparse.Namespace) -> int:
+    import signal
+
+    extra = _join_overrides(args)
+    config = _load(args, extra)
+    if not config.redis.url:
+        print("hsd actor: no Redis to join: give --join RUN_DIR, --redis-url or [redis] url",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from actors.actor import Actor, JoinRefused
+    from core.engines import make_engine
+    from core.tasks import make_task
+    from learner.tiny_model import resolve_model
+    from services.transport.redis_client import connect
+
+    engine = make_engine(config.actor.engine, resolve_model(config.model.path), dtype=config.model.dtype,
+                         trust_remote_code=config.model.trust_remote_code)
+    task = make_task(config.actor.task, timeout_s=config.actor.verifier_timeout_s,
+                     allow_unsandboxed=config.actor.allow_unsandboxed_code)
+    actor = Actor(config, connect(config.redis.url, config.redis.retry_seconds), engine, task,
+                  actor_id=args.actor_id)
+    metrics = _serve_metrics(config, actor.readiness, args.metrics_file)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: actor.stop())
+    try:
+        actor.run()
+    except JoinRefused as err:
+        print(f"hsd actor: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        if metrics:
+            metrics.stop()
+    return EXIT_OK
+
+
+def _serve_metrics(config, ready, metrics_file: str | None):
+    from services.http import MetricsServer
+
+    if not config.metrics.enabled:
+        return None
+    server = MetricsServer(config.metrics.host, config.metrics.port, ready=ready).start()
+    if metrics_file:
+        from pathlib import Path
+
+        Path(metrics_file).write_text(server.url)
+    return server
+
+
+def cmd_learner(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    from pathlib import Path
+
+    extra: dict[str, Any] = {"run": {"steps": args.steps}} if args.steps else {}
+    config = _load(args, extra)
+    if not config.redis.url:
+        print("hsd learner: no Redis: set [redis] url (or HSD_REDIS__URL); `hsd run` starts one for you",
+              file=sys.stderr)
+        return EXIT_USAGE
+    from core.config import to_toml
+    from learner.service import Learner, follow
+    from learner.tiny_model import resolve_model
+    from services.transport.redis_client import connect
+
+    if config.learner.engine == "deepspeed":  # started by torchrun, one process per rank
+        from learner.deepspeed_trainer import init_process_group, is_follower
+
+        init_process_group()
+        if is_follower():
+            # rank 0 alone handles a stop, then releases the followers; killed first,
+            # they would leave it waiting in a collective
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)
+            follow(config, resolve_model(config.model.path), args.resume)
+            return EXIT_OK
+    log.info("resolved configuration:\n%s", to_toml(config))
+    learner = Learner(config, connect(config.redis.url, config.redis.retry_seconds),
+                      resolve_model(config.model.path), resume=args.resume).start()
+    metrics = _serve_metrics(config, lambda: (True, f"ok: version {learner.version}"), args.metrics_file)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: learner.stop())
+    try:
+        learner.run()
+        summary = learner.summary()
+        Path(config.run.dir).mkdir(parents=True, exist_ok=True)
+        (Path(config.run.dir) / "learner-summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        learner.close()
+        if metrics:
+            metrics.stop()
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import json
+    import signal
+    from pathlib import Path
+
+    extra: dict[str, Any] = {}
+    if args.method:
+        extra["algorithm"] = {"method": args.method}
+    if args.steps:
+        extra["run"] = {"steps": args.steps}
+    if args.run_dir:
+        extra.setdefault("run", {})["dir"] = args.run_dir
+    if args.config is None:
+        from core.config import EMBEDDED_CONFIG
+
+        args.config = str(EMBEDDED_CONFIG)
+    config = _load(args, extra)
+    from learner.tiny_model import resolve_model
+    from services.apps.launcher import Launcher, RunDirInUse, ensure_unused, fresh_run_dir
+
+    if not args.run_dir and config.run.dir == type(config.run)().dir:
+        config.run.dir = fresh_run_dir(config.run.name)  # every `hsd run` its own dir
+    try:
+        ensure_unused(Path(config.run.dir))
+    except RunDirInUse as err:
+        print(f"hsd run: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    summary = Launcher(config, args.actors, resolve_model(config.model.path)).run()
+    rewards = summary["reward_mean_by_step"]
+    print(json.dumps({k: summary[k] for k in ("steps", "final_version", "method", "groups", "wall_seconds")}))
+    if rewards:
+        k = max(1, len(rewards) // 4)
+        print(f"mean reward: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps "
+              f"{sum(rewards[-k:]) / k:.3f}")
+    if summary["eval_accuracy_by_step"]:
+        print("held-out accuracy: " + " -> ".join(
+            f"step {step} {accuracy:.3f}" for step, accuracy in summary["eval_accuracy_by_step"].items()))
+    print(f"summary in {config.run.dir}/summary.json")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from learner.tiny_model import resolve_model
+    from services.apps.experiment import markdown, run_all
+
+    if args.config is None:
+        from core.config import EMBEDDED_CONFIG
+
+        args.config = str(EMBEDDED_CONFIG)
+    extra: dict[str, Any] = {"run": {"steps": args.steps}} if args.steps else {}
+    config = _load(args, extra)
+    out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    results = run_all(config, resolve_model(config.model.path), args.methods.split(","),
+                      list(range(args.seeds)), out, actors=args.actors)
+    print(markdown(results["table"], results["methods"]), end="")
+    for method, a in results["credit_alignment"].items():
+        print(f"{method}: mean |δ| by offset from the divergence {a['offsets'][0]}..{a['offsets'][-1]}: "
+              + " ".join("-" if v is None else f"{v:.2f}" for v in a["abs_delta"]))
+    print(f"results, table and plots in {out}")
+    return EXIT_OK
+
+
+def _compare_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--methods", default="grpo,opsd,hsd,sdzero", help="comma-separated (default: all four)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--steps", type=int, help="steps per run (the sample budget is steps × B × G)")
+    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--out", help="output dir (default runs/compare-TIMESTAMP)")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from core.config import config_hash, to_toml
+
+    config = _load(args)
+    print(f"# config hash {config_hash(config)}")
+    print(to_toml(config), end="")
+    return EXIT_OK
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt"])
+    p.add_argument("--steps", type=int, help="optimiser steps to train")
+    p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
+    p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
+
+
+def _metrics_file_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-file", help="write the metrics URL here once serving")
+
+
+def _learner_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--steps", type=int, help="train until this many steps are committed")
+    _metrics_file_flag(p)
+
+
+def _actor_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--join", metavar="RUN_DIR", help="join the run whose endpoints.json is here")
+    p.add_argument("--redis-url", help="the run's Redis (instead of --join)")
+    p.add_argument("--run", help="the run's name (instead of --join)")
+    p.add_argument("--actor-id", help="consumer name (default: host-pid-random)")
+    _metrics_file_flag(p)
+
+
+def _verify_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME")
+    p.add_argument("--input", required=True, metavar="FILE.jsonl")
+    p.add_argument("--output", metavar="FILE", help="default: stdout")
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--allow-unsandboxed", action="store_true",
+                   help="run code without a sandbox when none is available (unsafe)")
+
+
+def _credit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a Hugging Face model folder, or `tiny`")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--response", required=True)
+    teacher = p.add_mutually_exclusive_group()
+    teacher.add_argument("--peer", help="a successful peer response (hsd)")
+    teacher.add_argument("--answer", help="the reference answer (opsd)")
+    teacher.add_argument("--reward", type=float, help="the response's reward, 0 or 1 (sdzero)")
+    p.add_argument("--method", choices=["hsd", "opsd", "sdzero"])
+    p.add_argument("--json", action="store_true", help="print tokens, delta, divergence and both id lists")
+    p.add_argument("--png", metavar="FILE", help="write a bar plot of δ_t")
+
+
+def _top_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run dir (its endpoints.json)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between scrapes")
+    p.add_argument("--once", action="store_true", help="print one view and exit")
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from services.apps.top import main as top_main
+
+    return top_main(args.run_dir, args.interval, args.once)
+
+
+def cmd_credit(args: argparse.Namespace) -> int:
+    from learner.credit_cli import main as credit_main
+
+    return credit_main(args)
+
+
+def _warm_start_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="chain", choices=["chain", "arith"], help="curriculum (default chain)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the new model folder goes")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--steps", type=int, default=800)
+
+
+def cmd_warm_start(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from learner.tiny_model import build_tiny_model
+    from learner.warm_start import warm_start
+
+    out = Path(args.out)
+    if (out / "config.json").exists():
+        print(f"hsd warm-start: {out} already holds a model; choose another --out", file=sys.stderr)
+        return EXIT_USAGE
+    build_tiny_model(out, seed=0)
+    warm_start(out, args.task, steps=args.steps, seed=args.seed)
+    print(f"warm-started model in {out}")
+    return EXIT_OK
+
+
+def _gates_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="the model to check (default: the shipped tiny model)")
+    p.add_argument("--reviser", metavar="DIR", help="a model after an SRT phase (gate G4)")
+    p.add_argument("--problems", type=int, default=128, help="held-out table-chain problems")
+    p.add_argument("--json", action="store_true", help="print the gates as JSON")
+
+
+def cmd_gates(args: argparse.Namespace) -> int:
+    import json
+
+    from learner.gates import measure, report
+    from learner.tiny_model import resolve_model
+
+    gates = measure(resolve_model(args.model), problems=args.problems,
+                    reviser_path=resolve_model(args.reviser) if args.reviser else None)
+    result = report(gates)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for g in gates:
+            print(g.line())
+        print("gates pass: a comparison on this model can conclude" if result["conclusive"]
+              else "a gate failed: a comparison on this model is inconclusive")
+    return EXIT_OK if result["conclusive"] else 1
+
+
+Flags = Callable[[argparse.ArgumentParser], None]
+COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
+    ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, _run_flags),
+    ("learner", "the learner service (training, weight service, replay)", cmd_learner, _learner_flags),
+    ("actor", "a rollout actor that joins a running run (many may)", cmd_actor, _actor_flags),
+    ("redis", "start the embedded Redis server and wait (Ctrl-C stops it)", cmd_redis, _config_flags),
+    ("credit", "per-token credit of a response against a peer or answer", cmd_credit, _credit_flags),
+    ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, _verify_flags),
+    ("top", "live terminal view of a run's metrics", cmd_top, _top_flags),
+    ("config", "print the resolved configuration and its hash", cmd_config, _config_flags),
+    ("compare", "train each method over seeds on the embedded default and compare", cmd_compare, _compare_flags),
+    ("warm-start", "build and warm-start a tiny model on a task's curriculum", cmd_warm_start, _warm_start_flags),
+    ("gates", "check that a warm-started model can support the method comparison", cmd_gates, _gates_flags),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hsd",
+        description="Asynchronous actor-learner post-training with dense self-generated "
+        "token-level credit (HSD, SD-Zero, OPSD, GRPO).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text, handler, add_flags in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_flags(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from core.config import ConfigError
+
+    try:
+        return args.handler(args)
+    except ConfigError as err:
+        print(f"hsd {args.command}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``hsd run``: embedded Redis, the learner and K actors as separate processes on this machine.
+
+The same entry points (``hsd learner``, ``hsd actor``) that Kubernetes runs; everything is
+stopped by PID on exit or Ctrl-C. The run dir gets the resolved config, one log per
+process, ``endpoints.json`` once everything is up, the checkpoints, the credit log and
+``summary.json``.
+
+Process lifecycle::
+
+    redis ──► learner (publishes v0, writes state) ──► actors join ──► endpoints.json
+      ...training: the learner exits after `steps`...
+    actors: SIGTERM (each finishes its batch) ──► summary.json ──► redis stopped
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import Config, to_toml
+from services.process import die_with_parent
+from services.transport.redis_client import connect
+from services.transport.redis_server import ensure_redis
+from services.transport.streams import GENERATED, Keys
+
+log = logging.getLogger(__name__)
+READY_TIMEOUT_S = 300
+
+
+class RunDirInUse(RuntimeError):
+    """The run dir already holds a run (its Redis data and checkpoints would mix in)."""
+
+
+def fresh_run_dir(name: str) -> str:
+    return f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def ensure_unused(run_dir: Path) -> None:
+    used = [n for n in ("endpoints.json", "checkpoints", "redis") if (run_dir / n).exists()]
+    if used:
+        raise RunDirInUse(f"{run_dir} already holds a run ({', '.join(used)}); give another --run-dir "
+                          "(a run is resumed with `hsd learner --resume`, not `hsd run`)")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the processes run. ``threads``: torch threads per process — left to itself,
+    each process starts one per core, so a learner and K actors on one machine would
+    oversubscribe it K+1 times over. ``cpus``: optional pinning (the pipeline benchmark
+    keeps actors and learner on separate cores)."""
+
+    learner_threads: int
+    actor_threads: int
+    learner_cpus: frozenset[int] | None = None
+    actor_cpus: frozenset[int] | None = None
+
+    @classmethod
+    def shared(cls, actors: int, cores: int | None = None) -> Placement:
+        """No pinning; half the cores' worth of threads to the learner, the rest split
+        between the actors (at least one each)."""
+        cores = cores or len(os.sched_getaffinity(0))
+        learner = max(1, cores // 2)
+        return cls(learner, max(1, (cores - learner) // max(actors, 1)))
+
+    @classmethod
+    def pinned(cls, learner_cpus: set[int], actor_cpus: set[int], actors: int) -> Placement:
+        return cls(len(learner_cpus), max(1, len(actor_cpus) // max(actors, 1)),
+                   frozenset(learner_cpus), frozenset(actor_cpus))
+
+    def env(self, role: str) -> dict[str, str]:
+        """Thread counts for a child; a value the user exported wins."""
+        threads = str(self.learner_threads if role == "learner" else self.actor_threads)
+        return {var: os.environ.get(var, threads) for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+    def preexec(self, role: str):
+        cpus = self.learner_cpus if role == "learner" else self.actor_cpus
+
+        def start() -> None:
+            die_with_parent()
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        return start
+
+
+class Launcher:
+    def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None) -> None:
+        self.config = config
+        self.n_actors = actors
+        self.model_path = model_path
+        self.placement = placement or Placement.shared(actors)
+        self.run_dir = Path(config.run.dir).resolve()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.server = None
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        log_file = (self.run_dir / f"{name}.log").open("w")
+        role = "learner" if name == "learner" else "actor"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.placement.env(role)}
+        # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
+        # but never outliving the launcher, even if it is killed with -9
+        proc = subprocess.Popen([*self._launcher(role), "-m", "services.apps.cli", *args], stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, preexec_fn=self.placement.preexec(role))
+        self.procs[name] = proc
+        return proc
+
+    def _launcher(self, role: str) -> list[str]:
+        """The interpreter, or torchrun for a DeepSpeed learner (one process per rank)."""
+        lc = self.config.learner
+        if role == "learner" and lc.engine == "deepspeed":
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(lc.processes)]
+        return [sys.executable]
+
+    def _common(self, name: str) -> list[str]:
+        return ["--config", str(self.run_dir / "config.toml"), "--set", f'redis.url="{self.url}"',
+                "--set", f'run.dir="{self.run_dir}"', "--metrics-file", str(self.run_dir / f"{name}.metrics")]
+
+    def _wait_file(self, path: Path, proc: subprocess.Popen, name: str) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not path.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not start in {READY_TIMEOUT_S}s")
+            time.sleep(0.1)
+        return path.read_text().strip()
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        ensure_unused(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.config.model_copy(deep=True)
+        resolved.model.path = self.model_path  # every process loads the same folder
+        config_file = self.run_dir / "config.toml"
+        config_file.touch(mode=0o600)  # it may hold the weight-service token
+        config_file.write_text(to_toml(resolved, mask_secrets=False))
+        self.url, self.server = ensure_redis(self.config.redis.url, self.run_dir / "redis")
+        client = connect(self.url, self.config.redis.retry_seconds)
+        keys = Keys(self.config.run.name)
+        client.delete(keys.state, keys.actors)
+        try:
+            learner = self._spawn("learner", ["learner", *self._common("learner")])
+            metrics = {"learner": self._wait_file(self.run_dir / "learner.metrics", learner, "learner")}
+            for i in range(self.n_actors):
+                name = f"actor-{i}"
+                self._spawn(name, ["actor", *self._common(name), "--run", self.config.run.name, "--actor-id", name])
+            for i in range(self.n_actors):
+                name = f"actor-{i}"
+                metrics[name] = self._wait_file(self.run_dir / f"{name}.metrics", self.procs[name], name)
+            weights = client.hget(keys.state, "weights").decode()
+            endpoints = {"redis": self.url, "run": self.config.run.name, "weights": weights, "metrics": metrics,
+                         "config": str(self.run_dir / "config.toml"),
+                         "pids": {name: p.pid for name, p in self.procs.items()}}
+            (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+            log.info("run %s up: %s", self.config.run.name, self.run_dir / "endpoints.json")
+            code = learner.wait()
+            if code != 0:
+                raise RuntimeError(f"learner exited with {code}; see {self.run_dir / 'learner.log'}")
+            self._stop_actors()
+            return self._summary(client, keys, time.monotonic() - started)
+        finally:
+            self.shutdown()
+
+    def _stop_actors(self, timeout: float = 60.0) -> None:
+        actors = {n: p for n, p in self.procs.items() if n.startswith("actor-") and p.poll() is None}
+        for p in actors.values():
+            p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, p in actors.items():
+            try:
+                p.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing it", name)
+                p.kill()
+                p.wait()
+
+    def _summary(self, client, keys: Keys, wall: float) -> dict[str, Any]:
+        learner = json.loads((self.run_dir / "learner-summary.json").read_text())
+        loop = learner["loop_seconds"]
+        generated = int(client.hget(keys.state, GENERATED) or 0)
+        in_flight = int(client.xlen(keys.rollouts))
+        summary = {
+            "steps": learner["steps"], "final_version": learner["final_version"], "method": learner["method"],
+            "groups": {"generated": generated, "trained": learner["trained_groups"],
+                       "dropped": learner["dropped"], "in_flight_at_exit": in_flight,
+                       "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
+            "reward_mean_by_step": learner["reward_mean_by_step"],
+            "eval_accuracy_by_step": learner["eval_accuracy_by_step"],
+            **({"revision_success_by_step": learner["revision_success_by_step"]}
+               if learner["revision_success_by_step"] else {}),
+            "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
+            "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
+            "throughput": {"samples_per_second": round(learner["trained_samples"] / loop, 3) if loop else None,
+                           "learner_idle_fraction": round(learner["idle_seconds"] / loop, 3) if loop else None},
+            "wall_seconds": round(wall, 2),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def shutdown(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.server is not None:
+            self.server.stop()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from core.config import Config, ConfigError, config_hash, load_config, to_toml
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "hsd.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_validate_without_a_file():
+    config = load_config(environ={})
+    assert config == Config()
+    assert config.algorithm.method == "hsd"
+
+
+def test_precedence_file_then_env_then_flags(tmp_path):
+    path = _write(tmp_path, "[learner]\nlr = 1e-4\nbatch_groups = 2\n[actor]\ngroup_size = 4\n")
+    env = {"HSD_LEARNER__LR": "3e-5", "HSD_ACTOR__GROUP_SIZE": "6", "HSD_UNRELATED": "x"}
+    config = load_config(path, environ=env, overrides=["actor.group_size=5"])
+    assert config.learner.lr == pytest.approx(3e-5)  # env beats file
+    assert config.learner.batch_groups == 2  # file beats default
+    assert config.actor.group_size == 5  # flag beats env
+    extra = load_config(path, environ=env, extra={"actor": {"group_size": 9}})
+    assert extra.actor.group_size == 9
+
+
+def test_flag_values_are_typed_like_toml():
+    config = load_config(environ={}, overrides=[
+        "weights.token=s3cret", "model.trust_remote_code=true", "run.name=\"exp-1\""])
+    assert config.weights.token == "s3cret"
+    assert config.model.trust_remote_code is True
+    assert config.run.name == "exp-1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "environ", "needle"),
+    [
+        (["learner.lr=-1"], {}, "learner.lr"),
+        (["learner.lrr=1"], {}, "learner.lrr"),
+        (["actor.engine=tgi"], {}, "actor.engine"),
+        ([], {"HSD_ACTOR__GROUP_SIZE": "zero"}, "actor.group_size"),
+        (["algorithm.is_rho_min=3"], {}, "is_rho_min"),
+        (["weights.tls_cert=a.pem"], {}, "tls_cert and tls_key"),
+        (["weights.chunk_bytes=99999999"], {}, "weights.chunk_bytes"),
+        (["redis.url=http://x"], {}, "redis"),
+        (["run.name=has space"], {}, "run.name"),
+        (["nosuch.field=1"], {}, "unknown section 'nosuch'"),
+        (["learner.lr"], {}, "section.field=value"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides, environ, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(environ=environ, overrides=overrides)
+    assert needle in str(info.value)
+
+
+def test_file_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[learner\n"), environ={})
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config(_write(tmp_path, "[lerner]\nlr = 1\n"), environ={})
+
+
+def test_hash_is_stable_and_ignores_process_local_fields():
+    base = load_config(environ={})
+    assert config_hash(base) == config_hash(load_config(environ={}))
+    local = load_config(environ={}, overrides=[
+        "metrics.port=9100", "weights.port=5000", "weights.token=t", "redis.url=\"redis://h:1\""])
+    assert config_hash(local) == config_hash(base)
+    for shared in ("learner.lr=2e-5", "algorithm.method=\"grpo\"", "model.path=\"/m\"", "run.name=\"b\""):
+        assert config_hash(load_config(environ={}, overrides=[shared])) != config_hash(base), shared
+
+
+def test_resolved_toml_round_trips_and_masks_the_token(tmp_path):
+    config = load_config(environ={}, overrides=["learner.lr=3e-5", "weights.token=s3cret"])
+    text = to_toml(config)
+    assert "s3cret" not in text
+    back = load_config(_write(tmp_path, text.replace('token = "***"', "")), environ={})
+    assert config_hash(back) == config_hash(config)

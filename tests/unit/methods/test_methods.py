@@ -1,0 +1,109 @@
+"""The Method interface: the registry matches the config, each method's checks, and each
+loss against the same formula computed here by hand on first-epoch tensors (r_t = 1)."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+import torch
+
+from core.config import AlgorithmConfig, Config, ConfigError
+from methods import METHODS, check_config, make_method
+from methods.base import LossTerms
+
+B, T, V = 2, 3, 5
+
+
+def test_every_configurable_method_is_registered_and_named_alike():
+    names = typing.get_args(AlgorithmConfig.model_fields["method"].annotation)
+    assert set(names) == set(METHODS)
+    assert all(cls.name == name for name, cls in METHODS.items())
+
+
+def test_grpo_refuses_an_advantage_that_leaves_no_signal():
+    with pytest.raises(ConfigError, match=r"^algorithm\.advantage: method grpo"):
+        check_config(Config(algorithm=AlgorithmConfig(method="grpo", advantage="none")))
+    check_config(Config(algorithm=AlgorithmConfig(method="hsd", advantage="none")))  # the teacher is the signal
+    with pytest.raises(ValueError):
+        make_method(AlgorithmConfig(method="grpo", advantage="none"))
+
+
+def _terms(loss_form: str, teacher: bool) -> tuple[LossTerms, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(B, T, V, generator=g, requires_grad=True)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    logp = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    raw = {
+        "logp": logp, "logits": logits, "mask": mask,
+        "w": torch.rand(B, T, generator=g) + 0.5,
+        "outcome": torch.tensor([0.7, -1.3]),
+        "teacher_logp": -torch.rand(B, T, generator=g) * 3,
+        "teacher_logits": torch.randn(B, T, V, generator=g),
+    }
+    distilled = torch.tensor([True, False])
+    return LossTerms(
+        logprobs=logp, logits=logits, old_logprobs=logp.detach(), mask=mask, is_weights=raw["w"],
+        outcome=raw["outcome"], distilled=distilled,
+        teacher_logprobs=raw["teacher_logp"] if teacher and loss_form == "sampled" else None,
+        teacher_logits=raw["teacher_logits"] if teacher and loss_form == "topk" else None,
+        norm={"num_tokens": 5, "num_sequences": 2, "constant_length": 3}), raw
+
+
+def _by_hand_pg(raw, advantages) -> torch.Tensor:
+    """token_mean over 5 tokens of −w·A·r with r = π/π_old = 1 in the first epoch (no clip
+    active; its gradient is −w·A·∇log π)."""
+    ratio = torch.exp(raw["logp"] - raw["logp"].detach())
+    return -(raw["w"] * advantages * ratio * raw["mask"]).sum() / 5
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5, 2.0])
+def test_sampled_credit_is_lambda_times_teacher_minus_student_on_distilled_samples(lam):
+    terms, raw = _terms("sampled", teacher=True)
+    method = make_method(AlgorithmConfig(method="hsd", credit_coef=lam))
+    delta = raw["teacher_logp"] - raw["logp"].detach()
+    advantages = raw["outcome"][:, None] + lam * delta * torch.tensor([[1.0], [0.0]])  # sample 1 has no teacher
+    got, want = method.loss(terms), _by_hand_pg(raw, advantages)
+    torch.testing.assert_close(got, want)
+    g_got, = torch.autograd.grad(got, raw["logits"], retain_graph=True)
+    g_want, = torch.autograd.grad(want, raw["logits"])
+    torch.testing.assert_close(g_got, g_want)
+
+
+def test_without_a_teacher_the_loss_is_the_outcome_policy_gradient():
+    terms, raw = _terms("sampled", teacher=False)
+    torch.testing.assert_close(make_method(AlgorithmConfig(method="grpo")).loss(terms),
+                               _by_hand_pg(raw, raw["outcome"][:, None].expand(B, T)))
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0, 3.0])
+def test_topk_term_is_scaled_by_lambda_and_only_on_distilled_samples(lam):
+    terms, raw = _terms("topk", teacher=True)
+    method = make_method(AlgorithmConfig(method="sdzero", loss="topk", topk=2, topk_alpha=0.5, credit_coef=lam))
+    # by hand: the teacher's top-2 at each position, both sides renormalised there
+    top = raw["teacher_logits"].topk(2, -1).indices
+    log_t = torch.log_softmax(raw["teacher_logits"].gather(-1, top), -1)
+    log_s = torch.log_softmax(raw["logits"].gather(-1, top), -1)
+    kl = 0.5 * (log_t.exp() * (log_t - log_s)).sum(-1) + 0.5 * (log_s.exp() * (log_s - log_t)).sum(-1)
+    on = raw["mask"] & torch.tensor([[True], [False]])
+    want = _by_hand_pg(raw, raw["outcome"][:, None].expand(B, T)) + lam * (raw["w"] * kl * on).sum() / 5
+    torch.testing.assert_close(method.loss(terms), want)
+
+
+def test_srt_trains_the_accepted_revisions_by_likelihood():
+    terms, raw = _terms("sampled", teacher=False)
+    got = make_method(AlgorithmConfig(method="srt")).loss(terms)
+    torch.testing.assert_close(got, -(raw["logp"] * raw["mask"]).sum() / 5)
+
+
+def test_only_srt_has_an_actor_side_stage(tokenizer):
+    attempts, successes = [[40, 41], [42]], [False, True]
+    for name, cls in METHODS.items():
+        contexts = cls(AlgorithmConfig(method=name)).revision_contexts(tokenizer, "2+2?", attempts, successes)
+        assert (contexts is not None) == (name == "srt"), name
+    from methods.sdzero import reviser_context
+
+    srt = METHODS["srt"](AlgorithmConfig(method="srt"))
+    assert srt.revision_contexts(tokenizer, "2+2?", attempts, successes) == \
+        [reviser_context(tokenizer, "2+2?", a, s) for a, s in zip(attempts, successes, strict=True)]

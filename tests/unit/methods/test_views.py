@@ -1,0 +1,171 @@
+"""Teacher contexts on a real tiny Qwen3 model: y is never re-tokenized, and the log-probs
+read at y's positions equal a direct forward pass over the explicitly concatenated ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import AlgorithmConfig
+from core.prompts import render_prompt_ids
+from core.records import Sample
+from core.views import VocabularyMismatch, assert_shared_vocabulary, student_input
+from learner.logprobs import score_responses
+from methods import METHODS as REGISTRY
+from methods.hsd import PEER_TEMPLATE, hsd_input
+from methods.opsd import ANSWER_TEMPLATE, CONTEXT_CLOSING, opsd_input
+from methods.peers import BankedPeer, NoPeer, PeerSource, PeerTag
+from methods.sdzero import REVISION_PHRASES, sdzero_input
+from tests.unit.core.records_factory import make_group
+
+PROMPT = "Compute 12+7*3 step by step."
+PEER = "7*3=21, 12+21=33. #### 33"
+ANSWER = "33"
+
+
+def _template_ids(tokenizer, user_text: str) -> list[int]:
+    """The chat template rendered by hand, independently of core.prompts."""
+    text = f"<|im_start|>user\n{user_text}<|im_end|>\n<|im_start|>assistant\n"
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def response(tokenizer):
+    """A y whose ids do not survive the record's text (decoded without special tokens) being
+    encoded again: <unk>, <|im_start|> and an EOS end."""
+    text_ids = tokenizer.encode("7*3=20, 12+20=32. #### 32", add_special_tokens=False)
+    odd = [tokenizer.unk_token_id, tokenizer.convert_tokens_to_ids("<|im_start|>")]
+    y = text_ids[:5] + odd + text_ids[5:] + [tokenizer.eos_token_id]
+    assert tokenizer.encode(tokenizer.decode(y, skip_special_tokens=True), add_special_tokens=False) != y
+    return y
+
+
+def _direct_logprobs(model, ids: list[int], start: int, n: int) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    return torch.stack([logp[start + t - 1, ids[start + t]] for t in range(n)])
+
+
+def _explicit(method: str, tokenizer, y: list[int]) -> list[int]:
+    if method == "student":
+        return render_prompt_ids(tokenizer, PROMPT) + y
+    if method == "opsd":
+        return _template_ids(tokenizer, PROMPT + ANSWER_TEMPLATE.format(answer=ANSWER) + CONTEXT_CLOSING) + y
+    if method == "hsd":
+        return _template_ids(tokenizer, PROMPT + PEER_TEMPLATE.format(peer=PEER) + CONTEXT_CLOSING) + y
+    if method == "hsd+answer":
+        return _template_ids(tokenizer, PROMPT + PEER_TEMPLATE.format(peer=PEER)
+                             + ANSWER_TEMPLATE.format(answer=ANSWER) + CONTEXT_CLOSING) + y
+    assert method.startswith("sdzero")
+    success = method.endswith("ok")
+    phrase = tokenizer.encode("\n\n" + REVISION_PHRASES[success] + "\n\n", add_special_tokens=False)
+    return _template_ids(tokenizer, PROMPT) + y[:-1] + phrase + y  # first copy drops the EOS
+
+
+def _built(method: str, tokenizer, y: list[int]):
+    if method == "student":
+        return student_input(render_prompt_ids(tokenizer, PROMPT), y)
+    if method == "opsd":
+        return opsd_input(tokenizer, PROMPT, y, ANSWER)
+    if method == "hsd":
+        return hsd_input(tokenizer, PROMPT, y, PEER)
+    if method == "hsd+answer":
+        return hsd_input(tokenizer, PROMPT, y, PEER, answer=ANSWER)
+    return sdzero_input(tokenizer, PROMPT, y, success=method.endswith("ok"))
+
+
+VIEWS = ["student", "opsd", "hsd", "hsd+answer", "sdzero-ok", "sdzero-wrong"]
+
+
+@pytest.mark.parametrize("method", VIEWS)
+def test_builder_equals_explicit_concatenation_and_keeps_y_verbatim(method, tokenizer, response):
+    built = _built(method, tokenizer, response)
+    assert built.ids == _explicit(method, tokenizer, response)
+    assert built.response == response
+    assert built.ids[built.start :] == response
+
+
+def test_batched_teacher_logprobs_equal_direct_forward_passes(tokenizer, tiny_model, response):
+    inputs = [_built(m, tokenizer, response) for m in VIEWS]
+    short = student_input(render_prompt_ids(tokenizer, "1+1?"), response[:3])  # a shorter row
+    inputs.append(short)
+    with torch.no_grad():
+        logprobs, logits, mask = score_responses(tiny_model, inputs, tokenizer.pad_token_id)
+    assert logits.shape[:2] == mask.shape
+    for row, x in enumerate(inputs):
+        direct = _direct_logprobs(tiny_model, x.ids, x.start, x.length)
+        assert mask[row].sum().item() == x.length
+        torch.testing.assert_close(logprobs[row, : x.length], direct, atol=2e-5, rtol=1e-4)
+    # the methods really differ in what the teacher sees: their log-probs are not all equal
+    rows = {tuple(np.round(logprobs[i, : len(response)].numpy(), 4)) for i in range(len(VIEWS))}
+    assert len(rows) == len(VIEWS)
+
+
+def test_sdzero_first_copy_drops_only_trailing_stop_tokens(tokenizer):
+    y = tokenizer.encode("abc", add_special_tokens=False)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with_stop = sdzero_input(tokenizer, PROMPT, y + [eos, pad], success=True)
+    plain = sdzero_input(tokenizer, PROMPT, y, success=True)
+    assert with_stop.ids[: plain.start] == plain.ids[: plain.start]
+    assert with_stop.response == y + [eos, pad]
+    text = tokenizer.decode(plain.ids[: plain.start])
+    assert text.endswith("abc\n\nLet me rephrase the above solution.\n\n")
+    wrong = tokenizer.decode(sdzero_input(tokenizer, PROMPT, y, success=False).ids)
+    assert "Wait, this response is wrong. Let me correct it." in wrong
+
+
+def test_without_a_chat_template_messages_are_joined(tokenizer):
+    plain = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    plain.chat_template = None
+    ids = render_prompt_ids(plain, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    assert plain.decode(ids) == "S\n\nU\n\n"
+    built = opsd_input(plain, "U", [5, 6], "42")
+    assert plain.decode(built.ids[: built.start]) == "U" + ANSWER_TEMPLATE.format(answer="42") + CONTEXT_CLOSING + "\n\n"
+
+
+def test_chat_messages_get_the_context_on_the_last_user_turn(tokenizer):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    text = tokenizer.decode(opsd_input(tokenizer, messages, [5], ANSWER).ids)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" + PROMPT
+                           + ANSWER_TEMPLATE.format(answer=ANSWER))
+
+
+def _group(response, answer=ANSWER):
+    """Sample 0 is the failed y, sample 1 the successful peer whose text is PEER."""
+    failed = Sample(np.asarray(response, np.int32), np.zeros(len(response), np.float32), 0.0, False, "stop", "wrong")
+    peer = Sample(np.asarray([5, 6], np.int32), np.zeros(2, np.float32), 1.0, True, "stop", PEER)
+    return make_group(prompt=PROMPT, answer=answer, samples=(failed, peer))
+
+
+def test_each_method_builds_its_teacher_view_from_the_peer_tag(tokenizer, response):
+    algo = AlgorithmConfig()
+    hsd, group = REGISTRY["hsd"](algo), _group(response)
+    in_group = PeerTag(PeerSource.GROUP, index=1)
+    assert hsd.teacher_view(tokenizer, group, 0, in_group).ids == hsd_input(tokenizer, PROMPT, response, PEER).ids
+    bank = PeerTag(PeerSource.BANK, bank=BankedPeer(np.zeros(1, np.int32), "banked", "g", 1),
+                   reason=NoPeer.NO_SUCCESS)
+    assert "banked" in tokenizer.decode(hsd.teacher_view(tokenizer, group, 0, bank).ids)
+    answer = PeerTag(PeerSource.ANSWER, reason=NoPeer.NO_SUCCESS)
+    assert hsd.teacher_view(tokenizer, group, 0, answer).ids == opsd_input(tokenizer, PROMPT, response, ANSWER).ids
+    none = PeerTag(PeerSource.NONE, reason=NoPeer.NO_SUCCESS)
+    assert hsd.teacher_view(tokenizer, group, 0, none) is None
+    with_answer = REGISTRY["hsd"](AlgorithmConfig(peer_with_answer=True))
+    assert with_answer.teacher_view(tokenizer, group, 0, in_group).ids == \
+        hsd_input(tokenizer, PROMPT, response, PEER, ANSWER).ids
+    opsd = REGISTRY["opsd"](algo)
+    assert opsd.teacher_view(tokenizer, group, 0, in_group).ids == opsd_input(tokenizer, PROMPT, response, ANSWER).ids
+    assert opsd.teacher_view(tokenizer, _group(response, answer=None), 0, in_group) is None
+    assert REGISTRY["sdzero"](algo).teacher_view(tokenizer, group, 0, in_group).ids == \
+        sdzero_input(tokenizer, PROMPT, response, False).ids
+    assert REGISTRY["grpo"](algo).teacher_view(tokenizer, group, 0, in_group) is None
+
+
+def test_vocabulary_equality_is_asserted(tokenizer):
+    assert_shared_vocabulary(tokenizer, tokenizer)
+    other = type(tokenizer).from_pretrained(tokenizer.name_or_path)
+    assert_shared_vocabulary(tokenizer, other)
+    other.add_tokens(["<extra>"])
+    with pytest.raises(VocabularyMismatch, match="1 only in the teacher"):
+        assert_shared_vocabulary(tokenizer, other)
