@@ -65,7 +65,8 @@ class RedisConfig(_Section):
 
 
 class ModelConfig(_Section):
-    # "tiny": the built-in tiny Qwen3 model (made once, cached); else an HF folder or hub id.
+    # "tiny": the shipped tiny Qwen3 (table chain); "tiny-arith": the same architecture
+    # warm-started on arith (built once, cached); else an HF folder or hub id.
     path: str = "tiny"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     max_prompt_tokens: Annotated[int, Field(ge=1)] = 256
@@ -132,6 +133,9 @@ class AlgorithmConfig(_Section):
     peer_strategy: Literal["random", "shortest"] = "random"
     peer_fallback: Literal["answer", "none", "bank"] = "answer"
     peer_with_answer: bool = False
+    # HSD: also distil successful samples toward another successful peer (off: the paper's
+    # setting, where the teacher re-scores failed attempts)
+    hsd_distill_successes: bool = False
     peer_bank_size: Annotated[int, Field(ge=1)] = 4  # banked successes kept per prompt
     peer_bank_max_age: Annotated[int, Field(ge=0)] = 4  # versions a banked peer stays usable
     teacher: Literal["current", "ema", "sync", "frozen"] = "current"

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter as Tally
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import torch
@@ -49,6 +49,9 @@ from methods.credit import CreditProfile, credit_profile
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
 from services.transport.streams import Keys, PromptAdmission
 from services.weights.server import WeightServer
+
+if TYPE_CHECKING:
+    from learner.evaluation import HeldOutResult
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,7 @@ class Learner:
         self.idle_s = 0.0
         self.loop_s = 0.0  # wall time of the training loop (startup and evaluation excluded)
         self.eval_by_step: dict[int, float] = {}
+        self.eval_details: dict[int, HeldOutResult] = {}
         self.evaluation = self._held_out_eval() if config.learner.eval_every else None
 
     def _task(self):
@@ -121,10 +125,14 @@ class Learner:
         if self.evaluation is None or self.step in self.eval_by_step:
             return
         started = time.monotonic()
-        accuracy = self.evaluation.accuracy()
-        self.eval_by_step[self.step] = accuracy
-        self.metrics.eval_accuracy.set(accuracy)
-        log.info("held-out accuracy at step %d: %.3f (%d problems x %d samples, %.1fs)", self.step, accuracy,
+        result = self.evaluation.evaluate()
+        self.eval_by_step[self.step] = result.accuracy
+        self.eval_details[self.step] = result
+        self.metrics.eval_accuracy.set(result.accuracy)
+        by_length = " ".join(f"k={k} {a:.3f}" for k, a in result.accuracy_by_length.items())
+        reference = "" if result.reference_logprob is None else f"; reference log-prob {result.reference_logprob:.3f}"
+        log.info("held-out accuracy at step %d: %.3f%s%s (%d problems x %d samples, %.1fs)", self.step,
+                 result.accuracy, f" ({by_length})" if by_length else "", reference,
                  len(self.evaluation.problems), self.evaluation.sampling.n, time.monotonic() - started)
 
     # ------------------------------------------------------------------ lifecycle
@@ -307,6 +315,11 @@ class Learner:
             "idle_seconds": round(self.idle_s, 2), "loop_seconds": round(self.loop_s, 2),
             "trained_samples": self.trained_samples,
             "eval_accuracy_by_step": {str(k): round(v, 4) for k, v in sorted(self.eval_by_step.items())},
+            "eval_by_length_by_step": {str(k): {str(n): round(a, 4) for n, a in r.accuracy_by_length.items()}
+                                       for k, r in sorted(self.eval_details.items()) if r.accuracy_by_length},
+            "eval_reference_logprob_by_step": {str(k): round(r.reference_logprob, 5)
+                                               for k, r in sorted(self.eval_details.items())
+                                               if r.reference_logprob is not None},
         }
 
 

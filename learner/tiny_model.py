@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-TINY = "tiny"  # warm-started on the arithmetic task once, then cached
-TINY_VERSION = "v5"  # bump when the architecture, tokenizer or warm start changes
+TINY = "tiny"  # the shipped model, warm-started on the table chain (learner/models/tiny-chain)
+TINY_ARITH = "tiny-arith"  # warm-started on the arithmetic task on first use, then cached
+TINY_VERSION = "v5"  # bump when the architecture, tokenizer or arithmetic warm start changes
+SHIPPED = Path(__file__).with_name("models") / "tiny-chain"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -82,14 +84,17 @@ def cache_dir() -> Path:
 
 
 def resolve_model(path: str) -> str:
-    """A model path or hub id as is; ``tiny``: the built-in model, built and warm-started
-    once and cached under $HSD_CACHE (a file lock makes concurrent first starts build it
-    once)."""
-    if path != TINY:
+    """A model path or hub id as is; ``tiny``: the shipped model, so that every machine
+    starts from the same weights (rebuilt with ``hsd warm-start --task chain --out DIR``);
+    ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
+    cached under $HSD_CACHE (a file lock makes concurrent first starts build it once)."""
+    if path == TINY:
+        return str(SHIPPED)
+    if path != TINY_ARITH:
         return path
-    target = cache_dir() / "models" / f"tiny-{TINY_VERSION}"
+    target = cache_dir() / "models" / f"tiny-arith-{TINY_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".tiny-{TINY_VERSION}.lock", "w") as lock:
+    with open(target.parent / f".tiny-arith-{TINY_VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             from learner.warm_start import warm_start

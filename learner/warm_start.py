@@ -20,9 +20,10 @@ from methods.losses import supervised_loss
 log = logging.getLogger(__name__)
 
 
-def warm_start(model_dir: str | Path, task: str, *, steps: int = 800, batch: int = 32, lr: float = 3e-3,
-               seed: int = 1, bucket_tokens: int = 1024) -> None:
-    """Train the model in ``model_dir`` in place on ``task``'s curriculum. Each batch is cut
+def warm_start(model_dir: str | Path, task: str, *, steps: int | None = None, batch: int = 32,
+               lr: float | None = None, seed: int = 1, bucket_tokens: int = 1024) -> None:
+    """Train the model in ``model_dir`` in place on ``task``'s curriculum (its own steps and
+    learning rate unless given). Each batch is cut
     into length buckets of at most ``bucket_tokens`` padded tokens whose gradients
     accumulate into one update: the teacher views are twice as long as the plain ones, so
     padding a mixed batch to its longest row costs ~1.5x the compute (measured: 0.35 s →
@@ -33,13 +34,14 @@ def warm_start(model_dir: str | Path, task: str, *, steps: int = 800, batch: int
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    example = curriculum(task)
+    plan = curriculum(task)
+    steps, lr = steps or plan.steps, lr or plan.lr
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.monotonic()
     log.info("warm-starting the tiny model on %s (%d steps)", task, steps)
     for step in range(steps):
-        examples = [example(tokenizer, rng) for _ in range(batch)]
+        examples = [plan.example(tokenizer, rng) for _ in range(batch)]
         n_tokens = sum(sum(e.trained) if e.trained else e.view.length for e in examples)
         optimiser.zero_grad()
         loss = 0.0

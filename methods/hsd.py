@@ -4,7 +4,8 @@ peer y⁺ from the same group, so credit lands where a failed attempt diverged f
 Teacher view: c = x + "Here is a correct solution to this problem:" y⁺ (+ the reference
 answer when ``peer_with_answer``) + closing, then y. A sample without an in-group peer
 falls back as its :class:`~methods.peers.PeerTag` says: a banked earlier success of the
-same prompt, the reference answer (OPSD's view), or no teacher.
+same prompt, the reference answer (OPSD's view), or no teacher. Successful samples are
+not distilled unless ``hsd_distill_successes`` (they train on the outcome term alone).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class HSD(Method):
     wants_peers = True
 
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
+        if group.samples[index].success and not self.algo.hsd_distill_successes:
+            return None
         y = group.samples[index].ids.tolist()
         peer = resolve_peer(group, tag)
         if peer is not None:

@@ -16,10 +16,9 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-from core.tasks.base import Problem, Score, Task
+from core.tasks.base import Problem, Score, Task, score_final_answer
 
 OPS = "+-*"
-ANSWER = re.compile(r"####\s*(-?\d+)")
 
 
 def solve(numbers: list[int], ops: list[str]) -> tuple[list[str], int]:
@@ -79,8 +78,4 @@ class ArithTask(Task):
         return make_problem([int(t) for t in tokens[::2]], tokens[1::2])
 
     def verify(self, completion: str, fields: dict[str, Any]) -> Score:
-        found = ANSWER.findall(completion)
-        if not found:
-            return Score(0.0, False, "no #### answer")
-        ok = found[-1] == str(fields["answer"]).strip()
-        return Score(float(ok), ok)
+        return score_final_answer(completion, fields["answer"])

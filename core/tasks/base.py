@@ -8,6 +8,7 @@ come from a task's own problems or from a line of a JSONL file (``hsd verify``).
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,19 @@ class Score:
         return {"reward": self.reward, "success": self.success, "error": self.error}
 
 
+FINAL_ANSWER = re.compile(r"####\s*(-?\d+)")
+
+
+def score_final_answer(completion: str, answer: str) -> Score:
+    """A terse answer: the integer after the last ``####`` against the reference; nothing
+    else of the completion is read."""
+    found = FINAL_ANSWER.findall(completion)
+    if not found:
+        return Score(0.0, False, "no #### answer")
+    ok = found[-1] == str(answer).strip()
+    return Score(float(ok), ok)
+
+
 class Task(ABC):
     name: str
 
@@ -47,6 +61,11 @@ class Task(ABC):
     def problem(self, prompt_id: str) -> Problem:
         """The problem with this id (the actor scores by id); tasks with an index override."""
         raise KeyError(prompt_id)
+
+    def reference_spans(self, problem: Problem) -> list[tuple[int, int]]:
+        """Character spans of ``problem.reference`` whose teacher-forced log-probability is
+        a measure of the policy's knowledge (none by default)."""
+        return []
 
     def score(self, completion: str, problem: Problem) -> Score:
         return self.verify(completion, {"answer": problem.answer, **problem.fields})

@@ -25,13 +25,13 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from core.tasks.base import Problem, Score, Task
+from core.tasks.base import Problem, Score, Task, score_final_answer
 
 FUNCTIONS = "abcdef"
 DOMAIN = 10
 LENGTHS = (1, 2, 4, 6)
 TABLE_SEED = "chain-tables-v1"
-ANSWER = re.compile(r"####\s*(\d+)")
+STEP = re.compile(r"[a-z]\d=(\d)")
 PROMPT = re.compile(r"^Start at (\d)\. Apply ([a-z](?: [a-z])*)\.$")
 
 
@@ -104,9 +104,9 @@ class ChainTask(Task):
     def problem(self, prompt_id: str) -> Problem:
         return make_problem(*parse_prompt(prompt_id))
 
+    def reference_spans(self, problem: Problem) -> list[tuple[int, int]]:
+        """The intermediate values of the reference chain (each step's output)."""
+        return [(m.start(1), m.end(1)) for m in STEP.finditer(problem.reference or "")]
+
     def verify(self, completion: str, fields: dict[str, Any]) -> Score:
-        found = ANSWER.findall(completion)
-        if not found:
-            return Score(0.0, False, "no #### answer")
-        ok = found[-1] == str(fields["answer"]).strip()
-        return Score(float(ok), ok)
+        return score_final_answer(completion, fields["answer"])

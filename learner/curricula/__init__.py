@@ -18,14 +18,18 @@ class Example:
     trained: list[bool] | None = None  # per target token: does the loss read it (None: all)
 
 
-Curriculum = Callable[[Any, random.Random], Example]  # (tokenizer, rng) -> one example
+@dataclass(frozen=True)
+class Curriculum:
+    example: Callable[[Any, random.Random], Example]  # (tokenizer, rng) -> one example
+    steps: int  # optimiser steps of 32 examples
+    lr: float  # peak of the one-cycle schedule
 
 
 def curriculum(task: str) -> Curriculum:
     if task == "arith":
-        from learner.curricula.arith import example
+        from learner.curricula import arith as module
     elif task == "chain":
-        from learner.curricula.chain import example
+        from learner.curricula import chain as module
     else:
         raise ValueError(f"no warm-start curriculum for task {task!r} (arith, chain)")
-    return example
+    return Curriculum(module.example, module.STEPS, module.LR)

@@ -28,6 +28,7 @@ from methods.opsd import opsd_input
 from methods.sdzero import sdzero_input
 from methods.srt import srt_input
 
+STEPS, LR = 800, 3e-3
 MIXTURE = (("plain", 0.35), ("direct", 0.20), ("peer", 0.15), ("answer", 0.10), ("revision", 0.20))
 
 

@@ -1,20 +1,20 @@
 """The table chain's warm start: world knowledge with honest uncertainty, and in-context
 skills whose data says nothing about which values are right.
 
-World knowledge (``Beliefs``): 40% of the table entries are *hard*: the model is taught
-the right value or one fixed confusable wrong value with equal probability; the rest are
+World knowledge (``Beliefs``): 30% of the table entries are *hard*: the model is taught
+one fixed confusable wrong value there 70% of the time and the right one 30%; the rest are
 taught right. Each step is then right with probability ≈ 0.8, and a failed chain fails at
 a hard entry — which a successful peer's chain shows and reinforcement learning can fix.
 
 The mixture (fractions of a batch):
 
-- 0.45 plain: prompt → a chain sampled from the beliefs (the student's own distribution);
-- 0.20 peer: HSD teacher view with a peer chain (itself sampled from the beliefs: the
-  skill is copying, not knowing which chain is right) → half the time that chain, half the
-  time a chain that leaves it at one step and goes on from its own value (re-synchronising
-  after a deviation); the loss skips the deviating value, so the teacher learns to follow
-  a deviated prefix, never to deviate;
-- 0.15 answer: OPSD teacher view with the chain's own final value as the reference answer
+- 0.40 plain: prompt → a chain sampled from the beliefs (the student's own distribution);
+- 0.30 peer: HSD teacher view with a peer chain (itself sampled from the beliefs: the
+  skill is copying, not knowing which chain is right) → 70% of the time that chain, 30% a
+  chain that leaves it at one step and goes on from its own value (re-synchronising after
+  a deviation); the loss skips the deviating value, so the teacher learns to follow a
+  deviated prefix, never to deviate;
+- 0.10 answer: OPSD teacher view with the chain's own final value as the reference answer
   → the chain (the answer says where the chain ends, nothing about its intermediate values);
 - 0.20 revision: SD-Zero reviser view of an attempt (from the beliefs) with the phrase for
   its reward → for a wrong attempt, an independent chain from the beliefs (the reviser
@@ -38,10 +38,17 @@ from methods.hsd import hsd_input
 from methods.opsd import opsd_input
 from methods.srt import srt_input
 
-MIXTURE = (("plain", 0.45), ("peer", 0.20), ("answer", 0.15), ("revision", 0.20))
+# The copy skills (the prompt's functions in order, each step's input from the previous
+# output, a peer's chain) form between steps 300 and 600 at lr 1e-3; at 3e-3 they did not
+# form in 800 steps (the loss stayed at 0.88 a token, against ≈ 0.04 once they have).
+STEPS, LR = 2500, 1e-3
+MIXTURE = (("plain", 0.40), ("peer", 0.30), ("answer", 0.10), ("revision", 0.20))
+DEVIATED = 0.3  # of the peer examples: the target leaves the peer at one step
 BELIEF_SEED = "chain-beliefs-v1"
-HARD_FRACTION = 0.4
-CONFUSION = 0.5  # probability of the confusable value at a hard entry
+HARD_FRACTION = 0.3
+# probability of the confusable value at a hard entry: above one half, so that the student
+# prefers the wrong value there and a peer that shows the right one carries information
+CONFUSION = 0.7
 
 Step = tuple[str, int, int]
 
@@ -119,7 +126,7 @@ def example(tokenizer, rng: random.Random) -> Example:
     if kind == "plain":
         return Example(student_input(render_prompt_ids(tokenizer, problem.prompt), _target(tokenizer, chain)[0]))
     if kind == "peer":
-        if rng.random() < 0.5:
+        if rng.random() >= DEVIATED:
             ids, trained = _target(tokenizer, chain)
         else:
             deviated, j = deviate(chain, functions, rng)

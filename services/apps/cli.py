@@ -347,7 +347,7 @@ def _warm_start_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="chain", choices=["chain", "arith"], help="curriculum (default chain)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the new model folder goes")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the curriculum's)")
 
 
 def cmd_warm_start(args: argparse.Namespace) -> int:

@@ -196,6 +196,8 @@ class Launcher:
                        "prompts_not_generated_at_exit": int(client.xlen(keys.prompts))},
             "reward_mean_by_step": learner["reward_mean_by_step"],
             "eval_accuracy_by_step": learner["eval_accuracy_by_step"],
+            **{key: learner[key] for key in ("eval_by_length_by_step", "eval_reference_logprob_by_step")
+               if learner[key]},
             **({"revision_success_by_step": learner["revision_success_by_step"]}
                if learner["revision_success_by_step"] else {}),
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],

@@ -51,16 +51,24 @@ def test_zero_matches_the_torch_engine_and_resumes_exactly(tiny_model_dir, tmp_p
         assert step["credit"].keys() == want.credit.keys()
         for k, delta in want.credit.items():
             torch.testing.assert_close(step["credit"][k], delta, rtol=1e-4, atol=1e-5)
-        _assert_same_weights(step["weights"], reference.model.state_dict())
-    _assert_same_weights(got["resumed"], got["steps"][1]["weights"], atol=1e-7)
+        _assert_same_weights_up_to_adam_rounding(step["weights"], reference.model.state_dict())
+    resumed, before = got["resumed"], got["steps"][1]["weights"]
+    assert resumed.keys() == before.keys()
+    for name, tensor in before.items():  # a resume retakes the same step: no reduction-order slack
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
     moved = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
     assert any(not torch.allclose(v, moved[k]) for k, v in got["resumed"].items())
 
 
-def _assert_same_weights(got, want, atol=5e-5):
-    # Adam's first steps move a weight by about lr (1e-3) whatever its gradient's size, so a
-    # weight whose gradient is near zero amplifies the reduction order's rounding: measured
-    # differences reach 1e-5 (ZeRO-2) and 2e-5 (ZeRO-3) on single elements, 3e-10 on average.
+def _assert_same_weights_up_to_adam_rounding(got, want, lr=1e-3):
+    """Adam normalises each weight's step, so for a weight whose gradient is near zero the
+    reduction order's rounding (which differs between 2 ranks and 1) becomes a step of up
+    to about lr: single elements may differ by that much — measured 1e-5 to 5.5e-5, on 1 of
+    32,768 elements — while the weights as a whole agree (mean difference ≈ 3e-10). So: the
+    mean within 1e-7, at most 0.1% of a tensor's elements beyond 1e-5, none beyond 2·lr."""
     assert got.keys() == want.keys()
     for name, tensor in want.items():
-        torch.testing.assert_close(got[name], tensor, rtol=0, atol=atol, msg=name)
+        diff = (got[name] - tensor).abs()
+        assert float(diff.mean()) < 1e-7, f"{name}: mean difference {float(diff.mean()):.3g}"
+        assert int((diff > 1e-5).sum()) <= max(1, tensor.numel() // 1000), f"{name}: {int((diff > 1e-5).sum())} elements"
+        assert float(diff.max()) <= 2 * lr, f"{name}: max difference {float(diff.max()):.3g}"

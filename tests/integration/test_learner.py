@@ -165,7 +165,11 @@ def test_a_resume_drops_what_lost_versions_generated_and_actors_follow_the_new_l
     actor.join()
     for _ in range(3):
         first.train(first.replay.next_batch(first.version, timeout_s=5))
-    wait_until(lambda: actor.follower.sync() or actor.engine.version == 3, 60, "the actor never loaded version 3")
+    def loaded(version: int) -> bool:
+        actor.follower.sync()  # loads the newest announced version, if newer
+        return actor.engine.version == version
+
+    wait_until(lambda: loaded(3), 60, "the actor never loaded version 3")
     old_address = first.weights.address
     first.close()  # as good as kill -9: step 3 (version 3) was never checkpointed
     del first
@@ -181,8 +185,7 @@ def test_a_resume_drops_what_lost_versions_generated_and_actors_follow_the_new_l
     resumed = _learner(client, config, tiny_model_dir, registry).start()
     assert (resumed.step, resumed.version, resumed.replay.lost_versions) == (2, 4, [(3, 3)])
     assert resumed.weights.address != old_address
-    wait_until(lambda: actor.follower.sync() or actor.engine.version == 4, 60,
-               "the actor did not follow the resumed learner to version 4")
+    wait_until(lambda: loaded(4), 60, "the actor did not follow the resumed learner to version 4")
     assert {g.policy_version for g in sample(2)} == {4}
     resumed.run(steps=4)  # step 3 retrains the uncheckpointed version-0 groups, step 4 the version-4 ones
     actor.stop()

@@ -43,7 +43,7 @@ def test_the_loss_skips_exactly_the_deviating_value(tokenizer):
 
 
 def test_every_example_is_a_view_ending_in_its_target(tokenizer):
-    example, rng = curriculum("chain"), random.Random(2)
+    example, rng = curriculum("chain").example, random.Random(2)
     for _ in range(200):
         e = example(tokenizer, rng)
         assert e.view.response[-1] == tokenizer.eos_token_id

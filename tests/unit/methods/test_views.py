@@ -160,6 +160,12 @@ def test_each_method_builds_its_teacher_view_from_the_peer_tag(tokenizer, respon
     assert REGISTRY["sdzero"](algo).teacher_view(tokenizer, group, 0, in_group).ids == \
         sdzero_input(tokenizer, PROMPT, response, False).ids
     assert REGISTRY["grpo"](algo).teacher_view(tokenizer, group, 0, in_group) is None
+    # a successful sample is distilled toward another peer only when asked
+    to_sample_0 = PeerTag(PeerSource.GROUP, index=0)
+    assert hsd.teacher_view(tokenizer, group, 1, to_sample_0) is None
+    both = REGISTRY["hsd"](AlgorithmConfig(hsd_distill_successes=True))
+    assert both.teacher_view(tokenizer, group, 1, to_sample_0).ids == \
+        hsd_input(tokenizer, PROMPT, [5, 6], "wrong").ids
 
 
 def test_vocabulary_equality_is_asserted(tokenizer):
