@@ -19,6 +19,7 @@ A comparison whose gates fail is inconclusive.
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 from dataclasses import asdict, dataclass
@@ -92,7 +93,7 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     eos = [tok.eos_token_id]
     rng = random.Random(seed)
     task = ChainTask()
-    held_out = list(_take(task.problems("test", seed=seed, k=None), problems))
+    held_out = list(itertools.islice(task.problems("test", seed=seed), problems))
     sampling = SamplingSettings(n=samples, max_tokens=64)
     torch.manual_seed(seed)
 
@@ -184,11 +185,6 @@ def _at_last_step(tokenizer: Any, problem: Any, position: int) -> bool:
 
 def _mean(values: list) -> float | None:
     return statistics.fmean(float(v) for v in values) if values else None
-
-
-def _take(iterator, n: int):
-    for _ in range(n):
-        yield next(iterator)
 
 
 def report(gates: list[Gate]) -> dict[str, Any]:
