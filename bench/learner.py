@@ -23,7 +23,7 @@ from core.prompts import render_prompt_ids
 from core.records import RolloutGroup, Sample
 from core.tasks.arith import ArithTask
 from learner.batch import build_samples
-from learner.logprobs import pad_batch, response_logits, token_logprobs
+from learner.logprobs import dense_response_logits, token_logprobs
 from learner.replay import TaggedGroup
 from learner.tiny_model import build_tiny_model
 from learner.trainer import TorchTrainer
@@ -83,8 +83,7 @@ def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[flo
 
         def bare() -> float:
             t = time.perf_counter()
-            ids, attn = pad_batch(inputs, tokenizer.pad_token_id)
-            logits, resp_ids, mask = response_logits(bare_model(input_ids=ids, attention_mask=attn).logits, inputs)
+            logits, resp_ids, mask = dense_response_logits(bare_model, inputs, tokenizer.pad_token_id)
             loss = -(token_logprobs(logits, resp_ids) * mask).sum() / mask.sum()
             bare_opt.zero_grad()
             loss.backward()

@@ -17,6 +17,7 @@ from bench.common import RESULTS, table, write_results
 
 SUITES = ["transport", "weights", "actor_engine", "learner", "pipeline"]
 VLLM_SUITES = ["actor_engine_vllm"]  # need vLLM: `make bench-vllm` runs them in .venv-vllm
+GPU_SUITES = ["learner_gpu"]  # need CUDA (skipped with a message elsewhere): --only learner_gpu
 
 
 def machine() -> str:
@@ -27,7 +28,7 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench")
     parser.add_argument("--full", action="store_true", help="long mode with scaling rows")
-    parser.add_argument("--only", nargs="*", choices=SUITES + VLLM_SUITES, help="run only these suites")
+    parser.add_argument("--only", nargs="*", choices=SUITES + VLLM_SUITES + GPU_SUITES, help="run only these suites")
     parser.add_argument("--output", default=str(RESULTS), help="results JSON path")
     parser.add_argument("--model", default="tiny", help="the model the pipeline suite runs `hsd run` on")
     args = parser.parse_args(argv)

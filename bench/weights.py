@@ -48,7 +48,8 @@ def _clients(args: list[list[str]]) -> tuple[list[dict], float]:
     """Start one process per client, wait until all are connected, then release them
     together so that their transfers overlap. Returns their reports and this process's CPU
     seconds from the release to the end (a client's untimed warm-up fetch is not in it)."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    # the repository first, then whatever the caller's environment already relies on
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
     procs = [subprocess.Popen([sys.executable, "-m", "bench.weights_fetch", *a], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env) for a in args]
     for p in procs:

@@ -97,6 +97,13 @@ class LearnerConfig(_Section):
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     epochs: Annotated[int, Field(ge=1)] = 1  # optimiser epochs per batch (PPO clip when > 1)
     microbatch_tokens: Annotated[int, Field(ge=1)] = 8192
+    # response positions whose vocabulary-wide logits exist at once (learner.logprobs)
+    head_chunk_tokens: Annotated[int, Field(ge=1)] = 1024
+    # bf16/fp16 parameters (model.dtype) train with float32 master weights and AdamW states
+    master_weights: bool = True
+    # keep only each layer's input for the backward pass and recompute the rest (less
+    # memory, about a third more compute)
+    activation_checkpointing: bool = False
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
     credit_log_every: Annotated[int, Field(ge=0)] = 5
     eval_every: Annotated[int, Field(ge=0)] = 0  # held-out accuracy every N steps (and at 0 and the end); 0: off

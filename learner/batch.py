@@ -19,7 +19,11 @@ def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, method: Method) 
 def length_buckets(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Indices grouped so that each group's padded size (rows × longest sequence) stays
     within ``token_budget``; sequences of similar length go together (less padding)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return _fill(sorted(range(len(lengths)), key=lengths.__getitem__), lengths, token_budget)
+
+
+def _fill(order: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """``order`` cut into consecutive groups whose rows × longest stays within the budget."""
     groups, current, longest = [], [], 0
     for k in order:
         if current and max(longest, lengths[k]) * (len(current) + 1) > token_budget:
@@ -33,6 +37,17 @@ def length_buckets(lengths: Sequence[int], token_budget: int) -> list[list[int]]
 
 
 def microbatches(samples: Sequence[TrainingSample], token_budget: int) -> list[list[int]]:
-    """:func:`length_buckets` over each sample's longer view (student or teacher)."""
-    return length_buckets([max(len(s.student.ids), len(s.teacher.ids) if s.teacher else 0) for s in samples],
-                          token_budget)
+    """The student passes: :func:`length_buckets` over the student views."""
+    return length_buckets([len(s.student.ids) for s in samples], token_budget)
+
+
+def teacher_batches(samples: Sequence[TrainingSample], indices: Sequence[int], token_budget: int) -> list[list[int]]:
+    """The teacher passes (no gradient) over those of ``indices`` that have a teacher view,
+    within the token budget. Views that share a context (a group's prompt + peer) are kept
+    next to each other, so that one pass runs that context once
+    (learner.logprobs.shared_prefix_hidden); contexts in order of length."""
+    rows = [k for k in indices if samples[k].teacher is not None]
+    lengths = {k: len(samples[k].teacher.ids) for k in rows}
+    context = {k: tuple(samples[k].teacher.ids[: samples[k].teacher.start]) for k in rows}
+    order = sorted(rows, key=lambda k: (len(context[k]), context[k], lengths[k]))
+    return [[order[i] for i in group] for group in _fill(range(len(order)), [lengths[k] for k in order], token_budget)]

@@ -41,6 +41,7 @@ import torch.distributed as dist
 from core.config import Config
 from core.views import ScoringInput
 from learner.batch import microbatches
+from learner.logprobs import dense_response_logits
 from learner.teacher import CurrentTeacher, TeacherPolicy
 from learner.trainer import TorchTrainer
 from methods.base import TrainingSample
@@ -84,6 +85,9 @@ def deepspeed_config(config: Config, on_gpu: bool) -> dict[str, Any]:
 
 
 class DeepSpeedTrainer(TorchTrainer):
+    uses_master_weights = False  # DeepSpeed's bf16 mode keeps its own float32 partitions
+    fused_optimizer = False  # ZeRO steps torch's AdamW on its flat partitions
+
     def __init__(self, model: torch.nn.Module, config: Config, pad_id: int,
                  teacher: TeacherPolicy | None = None) -> None:
         import deepspeed
@@ -99,8 +103,11 @@ class DeepSpeedTrainer(TorchTrainer):
         # `current` teacher's forward is a collective too; a copied teacher is local.
         self.teacher_in_step = self.stage == 3 and isinstance(self.teacher, CurrentTeacher)
         # ...and then every rank must make the same number of teacher forward calls: one
-        # per micro-batch, which sharing contexts (one or two, by the data) would break.
+        # per teacher pass (teacher_plan pads the passes to the most any rank has), which
+        # sharing contexts (one or two calls, by the data) would break.
         self.share_contexts = not self.teacher_in_step
+        # ZeRO-3 partitions the output embedding: only the model's own forward gathers it
+        self.head_route = self.head_route and self.stage != 3
 
     # ------------------------------------------------------------------ rank 0 leads
 
@@ -160,19 +167,25 @@ class DeepSpeedTrainer(TorchTrainer):
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         return groups + [[] for _ in range(int(count) - len(groups))]
 
+    def teacher_plan(self, samples: Sequence[TrainingSample], mine: Sequence[int]) -> list[list[int]]:
+        plan = super().teacher_plan(samples, mine)
+        if not self.teacher_in_step:
+            return plan
+        count = torch.tensor([len(plan)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return plan + [[] for _ in range(int(count) - len(plan))]
+
     def _tiny_input(self, sample: TrainingSample) -> list[ScoringInput]:
         return [ScoringInput(sample.student.ids[:2], 1, 1)]
 
     def idle_pass(self, sample: TrainingSample) -> None:
-        if self.teacher_in_step:
-            self.idle_teacher_pass(sample)
-        logp, _, _ = self._forward(self.student, self._tiny_input(sample))
-        self.backward(logp.sum() * 0.0)
+        logits, _, _ = dense_response_logits(self.student, self._tiny_input(sample), self.pad_id)
+        self.backward(logits.sum() * 0.0)
 
     @torch.no_grad()
     def idle_teacher_pass(self, sample: TrainingSample) -> None:
         if self.teacher_in_step:
-            self._forward(self.teacher.module(self.model), self._tiny_input(sample))
+            dense_response_logits(self.teacher.module(self.model), self._tiny_input(sample), self.pad_id)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss * self.world, scale_wrt_gas=False)

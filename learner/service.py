@@ -48,6 +48,7 @@ from methods.base import TrainingSample
 from methods.credit import CreditProfile, credit_profile
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
 from services.transport.streams import Keys, PromptAdmission
+from services.weights.publisher import AsyncPublisher
 from services.weights.server import WeightServer
 
 if TYPE_CHECKING:
@@ -88,6 +89,9 @@ class Learner:
             on_publish=lambda snap, s: (self.weights_metrics.version.set(snap.version),
                                         self.weights_metrics.publish_seconds.set(s)),
             on_bytes_sent=self.weights_metrics.bytes_sent.inc)
+        self.publisher = AsyncPublisher(
+            self.weights, on_published=lambda _, lag: self.weights_metrics.publish_lag_seconds.observe(lag),
+            on_blocked=self.weights_metrics.publish_blocked_seconds.observe)
         self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
                                                 "divergence_mass": [], "peak_offset": [], "revision_success": []}
@@ -142,6 +146,7 @@ class Learner:
         self.weights.start()
         self.client.hset(self.keys.state, "version", self.version)
         self._publish()
+        self.publisher.flush()  # a version to fetch before actors learn the address
         self.client.hset(self.keys.state, mapping={
             "weights": self.config.weights.advertise or self.weights.address,
             "config_hash": config_hash(self.config), "status": "running"})
@@ -171,11 +176,16 @@ class Learner:
         self.stop_event.set()
 
     def close(self) -> None:
-        self.trainer.close()
-        self.weights.stop(grace=1.0)
+        try:
+            self.publisher.close()
+        finally:
+            self.trainer.close()
+            self.weights.stop(grace=1.0)
 
     def _publish(self) -> None:
-        self.weights.publish(self.version, self.trainer.full_state_dict())
+        """Hand the current weights over; a worker publishes them while the next step
+        trains (services.weights.publisher)."""
+        self.publisher.submit(self.version, self.trainer.full_state_dict())
         self.metrics.policy_version.set(self.version)
 
     def run(self, steps: int | None = None) -> None:
@@ -198,6 +208,7 @@ class Learner:
         if not self.stop_event.is_set():  # a stop asked for (SIGTERM) does not wait for an evaluation
             self._evaluate()
         self.checkpoint()
+        self.publisher.flush()
         self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
         progress.close()
 
@@ -313,6 +324,10 @@ class Learner:
             "credit": {"abs_mean": mean(h["abs_mean"]), "silence": mean(h["silence"]),
                        "divergence_mass": mean(h["divergence_mass"]), "peak_offset": mean(h["peak_offset"])},
             "idle_seconds": round(self.idle_s, 2), "loop_seconds": round(self.loop_s, 2),
+            "seconds_per_version": {
+                "step": _histogram_mean(self.metrics.step_seconds),
+                "publish_blocked": _histogram_mean(self.weights_metrics.publish_blocked_seconds),
+                "publish_lag": _histogram_mean(self.weights_metrics.publish_lag_seconds)},
             "trained_samples": self.trained_samples,
             "eval_accuracy_by_step": {str(k): round(v, 4) for k, v in sorted(self.eval_by_step.items())},
             "eval_by_length_by_step": {str(k): {str(n): round(a, 4) for n, a in r.accuracy_by_length.items()}
@@ -344,6 +359,12 @@ def load_trainer(config: Config, model_path: str, resume: bool):
 def follow(config: Config, model_path: str, resume: bool) -> None:
     """A DeepSpeed rank other than 0: the same engine, driven by rank 0's Learner."""
     load_trainer(config, model_path, resume)[3].follow()
+
+
+def _histogram_mean(histogram: Any) -> float | None:
+    values = {s.name.rsplit("_", 1)[-1]: s.value for s in histogram.collect()[0].samples
+              if s.name.endswith(("_sum", "_count"))}
+    return round(values["sum"] / values["count"], 4) if values.get("count") else None
 
 
 def _entry_order(entry_id: bytes) -> tuple[int, int]:

@@ -81,17 +81,19 @@ def importance_weights(
 
 
 def weight_statistics(rho: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """ρ's mean and max, the weights' effective sample size ESS = (Σw)²/Σw² and its share
+    of the tokens, and the share of tokens weighted 0 — read from the device in one copy."""
     m = mask.bool()
-    n = int(m.sum())
-    if n == 0:
+    mf = m.to(w.dtype)
+    n = mf.sum()
+    w_v = w * mf
+    sq = (w_v * w_v).sum()
+    ess = torch.where(sq > 0, w_v.sum() ** 2 / sq.clamp(min=torch.finfo(sq.dtype).tiny), torch.zeros_like(sq))
+    rho_max = torch.where(m, rho, torch.full_like(rho, float("-inf"))).max() if rho.numel() else n
+    values = torch.stack([n, (rho * mf).sum() / n.clamp(min=1), rho_max.to(n.dtype), ess,
+                          ((w == 0) & m).to(n.dtype).sum() / n.clamp(min=1)]).tolist()
+    count, rho_mean, rho_max_v, ess_v, masked = values
+    if count == 0:
         return {"rho_mean": 1.0, "rho_max": 1.0, "ess": 0.0, "ess_fraction": 1.0, "masked_fraction": 0.0}
-    rho_v, w_v = rho[m], w[m]
-    sq = float((w_v * w_v).sum())
-    ess = float(w_v.sum()) ** 2 / sq if sq > 0 else 0.0
-    return {
-        "rho_mean": float(rho_v.mean()),
-        "rho_max": float(rho_v.max()),
-        "ess": ess,
-        "ess_fraction": ess / n,
-        "masked_fraction": float((w_v == 0).float().mean()),
-    }
+    return {"rho_mean": rho_mean, "rho_max": rho_max_v, "ess": ess_v, "ess_fraction": ess_v / count,
+            "masked_fraction": masked}

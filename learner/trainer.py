@@ -1,11 +1,12 @@
 """The torch training engine: one optimiser update per replay batch.
 
-Per micro-batch (grouped to a token budget), for each of ``epochs`` passes:
+Per step, then per micro-batch (grouped to a token budget) for each of ``epochs`` passes:
 
-1. teacher pass (no grad, first epoch only): log π_T(y_t | c, y_<t) at y's positions of the
-   teacher view, and for ``topk`` the teacher's top-k logits there; a context c that several
-   samples share (HSD's prompt + peer, OPSD's prompt + answer) is run once and its KV cache
-   reused (learner.logprobs.shared_prefix_logits);
+1. teacher passes (no grad, once per step, batched by teacher view: learner.batch.teacher_batches):
+   log π_T(y_t | c, y_<t) at y's positions of the teacher view, and for ``topk`` the
+   teacher's top-k logits there; a context c that several samples share (HSD's prompt +
+   peer, OPSD's prompt + answer) is run once and its KV cache reused
+   (learner.logprobs.shared_prefix_hidden);
 2. student pass (grad): log π_θ(y_t | x, y_<t); in the first epoch these, detached, are
    π_θold — no separate forward;
 3. IS weights w_t from π_θold/μ (learner.staleness), then the method's loss
@@ -16,10 +17,20 @@ Per micro-batch (grouped to a token budget), for each of ``epochs`` passes:
 
 Then gradient clipping, the optimiser step and the teacher policy's update. Logits are
 divided by the actors' sampling temperature so that π_θold is comparable with μ.
+
+Steps 1–3 run on the head route of learner.logprobs: the backbone's hidden states at the
+response positions, and vocabulary-wide logits for ``learner.head_chunk_tokens`` positions
+at a time, the loss's gradient taken chunk by chunk. The dense route (whole logits from the
+model's forward) serves models whose logits are not h·Wᵀ, and DeepSpeed ZeRO-3.
+
+Precision (``model.dtype``, ``learner.master_weights``): float32 parameters train under
+bf16 autocast on CUDA; bf16/fp16 parameters train with float32 master weights and AdamW
+states (learner.precision), or, without master weights, in their own dtype.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,13 +40,26 @@ import torch
 
 from core.config import Config
 from core.views import ScoringInput
-from learner.batch import microbatches
-from learner.logprobs import pad_batch, response_logits, shared_prefix_logits, token_logprobs
+from learner.batch import microbatches, teacher_batches
+from learner.logprobs import (
+    dense_response_logits,
+    head_loss,
+    head_scores,
+    logits_are_linear_in_hidden,
+    response_hidden,
+    shared_prefix_hidden,
+    split_causal_lm,
+    token_logprobs,
+)
+from learner.precision import MasterWeights
 from learner.staleness import importance_weights
 from learner.teacher import TeacherPolicy, make_teacher_policy
 from methods import make_method
 from methods.base import LossTerms, TrainingSample
 from methods.credit import token_credit
+
+log = logging.getLogger(__name__)
+PROBE_IDS = (1, 2, 3, 4)  # any ids below the vocabulary size
 
 
 @dataclass
@@ -53,6 +77,15 @@ def _pad_rows(rows: Sequence[torch.Tensor], width: int, value: float = 0.0) -> t
     return out
 
 
+def _pad_topk(rows: Sequence[torch.Tensor | None], width: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, width, k]: each row's [n, k] tensor, zeros elsewhere (finite: masked, never NaN)."""
+    out = torch.zeros((len(rows), width, k), dtype=dtype)
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i, : r.shape[0]] = r
+    return out
+
+
 class TorchTrainer:
     def __init__(self, model: torch.nn.Module, config: Config, pad_id: int,
                  teacher: TeacherPolicy | None = None) -> None:
@@ -63,26 +96,36 @@ class TorchTrainer:
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         self.temperature = config.actor.temperature
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.learner.lr,
-                                           weight_decay=config.learner.weight_decay)
+        self.chunk_tokens = config.learner.head_chunk_tokens
+        if config.learner.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        param_dtype = next(model.parameters()).dtype
+        on_cuda = self.device.type == "cuda"
+        self.masters = MasterWeights(model.parameters()) \
+            if config.learner.master_weights and param_dtype != torch.float32 and self.uses_master_weights else None
+        self.trained_params = self.masters.params if self.masters else [p for p in model.parameters()
+                                                                        if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trained_params, lr=config.learner.lr,
+                                           weight_decay=config.learner.weight_decay,
+                                           fused=on_cuda and self.fused_optimizer)
         self.teacher = teacher or make_teacher_policy(
             self.algo.teacher, model, ema_decay=self.algo.teacher_ema_decay,
             sync_every=self.algo.teacher_sync_every)
+        # float32 parameters compute in bf16 on CUDA; low-precision parameters in their dtype
+        autocast = on_cuda and param_dtype == torch.float32
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast)
+        self.compute_dtype = torch.bfloat16 if autocast else param_dtype
         # Teacher views that share a context (HSD's prompt + peer) run it once; see
-        # learner.logprobs.shared_prefix_logits.
+        # learner.logprobs.shared_prefix_hidden.
         self.share_contexts = True
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
-            else torch.autocast("cpu", enabled=False)
+        self.head_route = logits_are_linear_in_hidden(model, PROBE_IDS)
+        if not self.head_route:
+            log.warning("%s's logits are not h·Wᵀ: the learner computes whole logits (more memory)",
+                        type(model).__name__)
 
-    def _forward(self, module: torch.nn.Module, inputs: Sequence[ScoringInput], share_contexts: bool = False):
-        with self.autocast:
-            shared = shared_prefix_logits(module, inputs, self.device) if share_contexts else None
-            if shared is None:
-                ids, attn = pad_batch(inputs, self.pad_id, self.device)
-                shared = response_logits(module(input_ids=ids, attention_mask=attn).logits, inputs)
-        resp, resp_ids, mask = shared
-        resp = resp.float() / self.temperature
-        return token_logprobs(resp, resp_ids) * mask, resp, mask
+    # The DeepSpeed engine (learner.deepspeed_trainer) keeps its own optimiser precision.
+    uses_master_weights = True
+    fused_optimizer = True
 
     # ------------------------------------------------------------------ engine hooks
     # A data-parallel engine (learner.deepspeed_trainer) overrides these; the step itself
@@ -90,12 +133,16 @@ class TorchTrainer:
 
     @property
     def student(self) -> torch.nn.Module:
-        """The module the student forward/backward runs through."""
+        """The module the dense route's student forward runs through."""
         return self.model
 
     def plan(self, samples: Sequence[TrainingSample]) -> list[list[int]]:
         """This process's micro-batches (indices into ``samples``)."""
         return microbatches(samples, self.config.learner.microbatch_tokens)
+
+    def teacher_plan(self, samples: Sequence[TrainingSample], mine: Sequence[int]) -> list[list[int]]:
+        """The teacher passes over this process's samples (an empty one: an idle pass)."""
+        return teacher_batches(samples, mine, self.config.learner.microbatch_tokens)
 
     def idle_pass(self, sample: TrainingSample) -> None:
         """Stands in for a micro-batch this process does not have (data parallel only)."""
@@ -106,10 +153,18 @@ class TorchTrainer:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> float:
         """Clip, step; the gradient norm before clipping."""
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.learner.grad_clip)
+        if self.masters:
+            self.masters.take_grads()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_params, self.config.learner.grad_clip)
         self.optimizer.step()
+        if self.masters:
+            self.masters.give_weights()
         return float(grad_norm)
 
     def after_step(self) -> None:
@@ -126,13 +181,16 @@ class TorchTrainer:
 
     def save_state(self, directory: Path) -> None:
         """Optimiser and teacher state into ``directory`` (a checkpoint being written)."""
-        torch.save({"optimizer": self.optimizer.state_dict(), "teacher": self.teacher.state_dict()},
+        torch.save({"optimizer": self.optimizer.state_dict(), "teacher": self.teacher.state_dict(),
+                    "masters": self.masters.state_dict() if self.masters else None},
                    directory / "optimizer.pt")
 
     def load_state(self, directory: Path) -> None:
         state = torch.load(directory / "optimizer.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.teacher.load_state_dict(state["teacher"])
+        if self.masters and state.get("masters") is not None:
+            self.masters.load_state_dict(state["masters"])
 
     def close(self) -> None:
         pass
@@ -151,29 +209,19 @@ class TorchTrainer:
         groups = self.plan(samples)
         teacher_lp: dict[int, torch.Tensor] = {}
         teacher_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._score_teachers(samples, [k for mb in groups for k in mb], teacher_lp, teacher_top)
         old_lp: dict[int, torch.Tensor] = {}
         totals: dict[str, float] = {"loss": 0.0}
         is_stats: list[dict[str, float]] = []
         for epoch in range(self.config.learner.epochs):
-            self.optimizer.zero_grad(set_to_none=True)
+            self.zero_grad()
             for mb in groups:
                 if not mb:
                     self.idle_pass(samples[0])
                     continue
                 batch = [samples[k] for k in mb]
-                if epoch == 0:
-                    self._score_teacher(mb, batch, teacher_lp, teacher_top)
-                logp, logits, mask = self._forward(self.student, [s.student for s in batch])
-                width = mask.shape[1]
-                if epoch == 0:
-                    for row, k in enumerate(mb):
-                        old_lp[k] = logp[row, : samples[k].length].detach().cpu()
-                old = _pad_rows([old_lp[k] for k in mb], width).to(self.device)
-                mu = _pad_rows([s.behaviour for s in batch], width).to(self.device)
-                w, stats = importance_weights(old, mu, mask, self.algo.is_mode,
-                                              self.algo.is_rho_max, self.algo.is_rho_min)
-                is_stats.append(stats)
-                loss = self._loss(mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm)
+                loss = self._student_loss(mb, batch, old_lp if epoch else None, old_lp, teacher_lp, teacher_top,
+                                          norm, is_stats)
                 self.backward(loss)
                 totals["loss"] += float(loss.detach())
             grad_norm = self.optimizer_step()
@@ -184,41 +232,102 @@ class TorchTrainer:
         metrics = self._metrics(samples, credit, is_stats, totals, grad_norm)
         return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
 
+    def _scores(self, module: torch.nn.Module, inputs: Sequence[ScoringInput], topk: int,
+                share_contexts: bool = False):
+        """No-grad (log-probs [B, N], top-k (values, ids) [B, N, k] or None) of ``inputs``."""
+        with torch.no_grad(), self.autocast:
+            if self.head_route:
+                backbone, weight = split_causal_lm(module)
+                got = shared_prefix_hidden(backbone, inputs, self.device) if share_contexts else None
+                hidden, targets, mask = got or response_hidden(backbone, inputs, self.pad_id, self.device)
+                return head_scores(hidden, weight, targets, mask, temperature=self.temperature,
+                                   chunk_tokens=self.chunk_tokens, topk=topk, compute_dtype=self.compute_dtype)
+            logits, targets, mask = dense_response_logits(module, inputs, self.pad_id)
+        logits = logits.float() / self.temperature
+        top = logits.topk(min(topk, logits.shape[-1]), dim=-1) if topk else None
+        return token_logprobs(logits, targets) * mask, (top.values, top.indices) if top else None
+
     @torch.no_grad()
-    def _score_teacher(self, mb, batch, teacher_lp, teacher_top) -> None:
-        rows = [(k, s) for k, s in zip(mb, batch, strict=True) if s.teacher is not None]
-        if not rows:
-            self.idle_teacher_pass(batch[0])
+    def _score_teachers(self, samples, mine, teacher_lp, teacher_top) -> None:
+        """log π_T (and the top-k logits) of every teacher view among ``mine``, in passes of
+        their own: without gradients they need no activations kept, and views that share
+        a context go together."""
+        plan = self.teacher_plan(samples, mine)
+        if not plan:
             return
         module = self.teacher.module(self.model)
         was_training = module.training
         module.eval()
-        logp, logits, _ = self._forward(module, [s.teacher for _, s in rows], self.share_contexts)
+        topk = self.algo.topk if self.algo.loss == "topk" else 0
+        for batch in plan:
+            if not batch:
+                self.idle_teacher_pass(samples[0])
+                continue
+            logp, top = self._scores(module, [samples[k].teacher for k in batch], topk, self.share_contexts)
+            logp = logp.cpu()
+            top = (top[0].cpu(), top[1].cpu()) if top else None
+            for row, k in enumerate(batch):
+                n = samples[k].length
+                teacher_lp[k] = logp[row, :n]
+                if top:
+                    teacher_top[k] = (top[0][row, :n], top[1][row, :n])
         module.train(was_training)
-        for row, (k, s) in enumerate(rows):
-            teacher_lp[k] = logp[row, : s.length].cpu()
-            if self.algo.loss == "topk":
-                top = logits[row, : s.length].topk(min(self.algo.topk, logits.shape[-1]), dim=-1)
-                teacher_top[k] = (top.values.cpu(), top.indices.cpu())
 
-    def _loss(self, mb, batch, logp, logits, old, mask, w, teacher_lp, teacher_top, norm) -> torch.Tensor:
-        """The method's loss on this micro-batch (teacher tensors laid out for the loss form)."""
-        width = mask.shape[1]
-        distilled = torch.tensor([k in teacher_lp for k in mb], device=self.device)
-        any_distilled = bool(distilled.any())
-        teacher_logprobs = teacher_logits = None
-        if self.algo.loss == "sampled" and any_distilled:
-            teacher_logprobs = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(self.device)
-        if self.algo.loss == "topk" and any_distilled:
-            teacher_logits = torch.full((len(mb), width, logits.shape[-1]), float("-inf"), device=self.device)
+    def _student_loss(self, mb, batch, old, old_out, teacher_lp, teacher_top, norm, is_stats) -> torch.Tensor:
+        """The method's loss on this micro-batch, differentiable in the student's weights.
+        ``old`` holds π_θold from the first epoch (None in the first epoch: the student's
+        own log-probs, detached, are π_θold and are written to ``old_out``)."""
+        dev = self.device
+        width = max(s.length for s in batch)
+        mu = _pad_rows([s.behaviour for s in batch], width).to(dev)
+        outcome = torch.tensor([s.advantage for s in batch], device=dev)
+        distilled = torch.tensor([k in teacher_lp for k in mb], device=dev)
+        old_padded = _pad_rows([old[k] for k in mb], width).to(dev) if old is not None else None
+        teacher_logprobs = top_values = top_ids = None
+        if bool(distilled.any()):
+            if self.algo.loss == "sampled":
+                teacher_logprobs = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(dev)
+            else:
+                tops = [teacher_top.get(k) for k in mb]
+                k = next(t[0].shape[-1] for t in tops if t is not None)
+                top_values = _pad_topk([t[0] if t else None for t in tops], width, k, torch.float32).to(dev)
+                top_ids = _pad_topk([t[1] if t else None for t in tops], width, k, torch.long).to(dev)
+        firsts: list[tuple[slice, torch.Tensor]] = []  # π_θold of each chunk, first epoch
+
+        def loss_of_chunk(rows: slice, logits: torch.Tensor) -> torch.Tensor:
+            m = mask[rows]
+            logp = token_logprobs(logits, targets[rows]) * m
+            if old_padded is None:
+                prev = logp.detach()
+                firsts.append((rows, prev))
+            else:
+                prev = old_padded[rows]
+            w, stats = importance_weights(prev, mu[rows], m, self.algo.is_mode,
+                                          self.algo.is_rho_max, self.algo.is_rho_min)
+            is_stats.append(stats)
+            return self.method.loss(LossTerms(
+                logprobs=logp, old_logprobs=prev, mask=m, is_weights=w, outcome=outcome[rows],
+                distilled=distilled[rows],
+                teacher_logprobs=None if teacher_logprobs is None else teacher_logprobs[rows],
+                teacher_topk_logits=None if top_values is None else top_values[rows],
+                student_topk_logits=None if top_ids is None else logits.gather(-1, top_ids[rows]),
+                norm=norm))
+
+        inputs = [s.student for s in batch]
+        with self.autocast:
+            if self.head_route:
+                backbone, weight = split_causal_lm(self.model)
+                hidden, targets, mask = response_hidden(backbone, inputs, self.pad_id, dev)
+                loss = head_loss(hidden, weight, loss_of_chunk, temperature=self.temperature,
+                                 chunk_tokens=self.chunk_tokens, compute_dtype=self.compute_dtype)
+            else:
+                logits, targets, mask = dense_response_logits(self.student, inputs, self.pad_id)
+                loss = loss_of_chunk(slice(None), logits.float() / self.temperature)
+        if firsts:
+            on_cpu = torch.cat([prev for _, prev in firsts]).cpu()  # chunks are consecutive rows, in order
             for row, key in enumerate(mb):
-                if key in teacher_top:
-                    values, indices = teacher_top[key]
-                    teacher_logits[row, : values.shape[0]].scatter_(-1, indices.to(self.device), values.to(self.device))
-        return self.method.loss(LossTerms(
-            logprobs=logp, logits=logits, old_logprobs=old, mask=mask, is_weights=w,
-            outcome=torch.tensor([s.advantage for s in batch], device=self.device), distilled=distilled,
-            teacher_logprobs=teacher_logprobs, teacher_logits=teacher_logits, norm=norm))
+                old_out[key] = on_cpu[row, : batch[row].length]
+        return loss
 
     def _metrics(self, samples, credit, is_stats, totals, grad_norm) -> dict[str, float]:
         n = max(len(is_stats), 1)

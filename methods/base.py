@@ -60,14 +60,16 @@ class LossTerms:
     """One micro-batch's tensors, right-padded to T response positions."""
 
     logprobs: torch.Tensor  # [B, T] log π_θ(y_t), with grad
-    logits: torch.Tensor  # [B, T, V] the student's temperature-scaled logits, with grad
     old_logprobs: torch.Tensor  # [B, T] log π_θold(y_t), detached
     mask: torch.Tensor  # [B, T] real response tokens
     is_weights: torch.Tensor  # [B, T] behaviour-correction weights w_t
     outcome: torch.Tensor  # [B] A_i
     distilled: torch.Tensor  # [B] bool: the sample has a teacher view
     teacher_logprobs: torch.Tensor | None  # [B, T] log π_T(y_t) (0 where not distilled); loss `sampled`
-    teacher_logits: torch.Tensor | None  # [B, T, V] teacher's top-k logits, −inf elsewhere; loss `topk`
+    # loss `topk`: the teacher's k largest logits and the student's at the same tokens, [B, T, k]
+    # (temperature-scaled; arbitrary where not distilled, which the credit mask hides)
+    teacher_topk_logits: torch.Tensor | None
+    student_topk_logits: torch.Tensor | None  # with grad
     norm: dict[str, float]  # the global batch's counts for methods.losses.aggregate
 
 
@@ -136,9 +138,8 @@ class Method:
         loss = policy_gradient_loss(t.logprobs, t.old_logprobs, advantages, t.mask, t.is_weights,
                                     clip_low=a.ppo_clip_low, clip_high=a.ppo_clip_high,
                                     normalization=a.normalization, **t.norm)[0]
-        if t.teacher_logits is not None:
-            teacher_logits = torch.where(credit_mask.unsqueeze(-1), t.teacher_logits, t.logits.detach())
+        if t.teacher_topk_logits is not None:
             loss = loss + a.credit_coef * topk_distillation_loss(
-                t.logits, teacher_logits, credit_mask, k=a.topk, alpha=a.topk_alpha, is_weights=t.is_weights,
-                normalization=a.normalization, **t.norm)[0]
+                t.student_topk_logits, t.teacher_topk_logits, credit_mask, alpha=a.topk_alpha,
+                is_weights=t.is_weights, normalization=a.normalization, **t.norm)[0]
         return loss

@@ -20,6 +20,12 @@ import torch
 NORMALIZATIONS = ("token_mean", "sequence_mean", "constant_length")
 
 
+def _floats(**scalars: torch.Tensor) -> dict[str, float]:
+    """Scalar tensors as floats, read from the device in one copy (one synchronisation)."""
+    values = torch.stack([t.detach().float() for t in scalars.values()]).tolist()
+    return dict(zip(scalars, values, strict=True))
+
+
 def group_advantages(rewards: torch.Tensor, mode: str = "grpo", eps: float = 1e-6) -> torch.Tensor:
     """Outcome advantage of each sample of one group.
 
@@ -109,19 +115,14 @@ def policy_gradient_loss(
     m = mask.to(ratio.dtype)
     n = m.sum().clamp(min=1)
     clipped_frac = (((ratio - clipped).abs() > 0).to(m.dtype) * m).sum() / n
-    return loss, {
-        "loss": float(loss.detach()),
-        "clip_fraction": float(clipped_frac),
-        "advantage_mean": float((adv * m).sum() / n),
-    }
+    return loss, _floats(loss=loss, clip_fraction=clipped_frac, advantage_mean=(adv * m).sum() / n)
 
 
 def topk_distillation_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    student_topk_logits: torch.Tensor,
+    teacher_topk_logits: torch.Tensor,
     mask: torch.Tensor,
     *,
-    k: int = 64,
     alpha: float = 0.5,
     is_weights: torch.Tensor | None = None,
     normalization: str = "token_mean",
@@ -132,16 +133,15 @@ def topk_distillation_loss(
     With K_t the teacher's k most likely tokens at t, both distributions renormalised over
     K_t: T̃ = softmax(z^T[K_t]), S̃ = softmax(z^S[K_t]), and
     ℓ_t = w_t·(α·KL(T̃‖S̃) + (1−α)·KL(S̃‖T̃)); α = 1 forward KL, α = 0 reverse KL.
-    The teacher is detached. logits [B, T, V] (already aligned to the response), mask
-    [B, T] -> (scalar loss, metrics). ``k`` larger than V uses the whole vocabulary.
+    Both arguments hold logits at the same tokens K_t, [B, T, k] (the student's gathered at
+    the teacher's top-k indices; the renormalisation makes everything outside K_t
+    irrelevant, so vocabulary-wide logits are never needed). The teacher is detached.
+    mask [B, T] -> (scalar loss, metrics).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    teacher_logits = teacher_logits.detach().float()
-    k = min(k, teacher_logits.shape[-1])
-    top = teacher_logits.topk(k, dim=-1).indices
-    log_t = torch.log_softmax(torch.gather(teacher_logits, -1, top), dim=-1)
-    log_s = torch.log_softmax(torch.gather(student_logits.float(), -1, top), dim=-1)
+    log_t = torch.log_softmax(teacher_topk_logits.detach().float(), dim=-1)
+    log_s = torch.log_softmax(student_topk_logits.float(), dim=-1)
     p_t, p_s = log_t.exp(), log_s.exp()
     forward = (p_t * (log_t - log_s)).sum(-1)
     reverse = (p_s * (log_s - log_t)).sum(-1)
@@ -151,11 +151,7 @@ def topk_distillation_loss(
     loss = aggregate(per_token, mask, normalization, **norm_kwargs)
     m = mask.to(per_token.dtype)
     n = m.sum().clamp(min=1)
-    return loss, {
-        "loss": float(loss.detach()),
-        "teacher_kl": float((forward.detach() * m).sum() / n),
-        "reverse_kl": float((reverse.detach() * m).sum() / n),
-    }
+    return loss, _floats(loss=loss, teacher_kl=(forward * m).sum() / n, reverse_kl=(reverse * m).sum() / n)
 
 
 def supervised_loss(

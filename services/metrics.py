@@ -112,3 +112,12 @@ class WeightsMetrics:
                                      registry=registry)
         self.bytes_sent = Counter("hsd_weights_bytes_sent", "Weight bytes streamed to actors",
                                   registry=registry)
+        seconds = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
+        self.publish_blocked_seconds = Histogram(
+            "hsd_weights_publish_blocked_seconds",
+            "Time the learner loop waits to hand a version to the publisher, per version",
+            buckets=seconds, registry=registry)
+        self.publish_lag_seconds = Histogram(
+            "hsd_weights_publish_lag_seconds",
+            "From the learner handing a version over to actors being able to fetch it",
+            buckets=seconds, registry=registry)

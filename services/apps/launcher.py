@@ -203,7 +203,8 @@ class Launcher:
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
             "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
             "throughput": {"samples_per_second": round(learner["trained_samples"] / loop, 3) if loop else None,
-                           "learner_idle_fraction": round(learner["idle_seconds"] / loop, 3) if loop else None},
+                           "learner_idle_fraction": round(learner["idle_seconds"] / loop, 3) if loop else None,
+                           "learner_seconds_per_version": learner["seconds_per_version"]},
             "wall_seconds": round(wall, 2),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,17 +1,21 @@
 """Immutable weight snapshots: a state dict flattened once into ready-to-send chunks.
 
-``Snapshot.build`` copies each tensor's bytes (its own dtype: bf16 stays bf16) into one
-flat buffer, hashes each tensor (sha256), and cuts the buffer into ≤ chunk_bytes pieces
-that are serialized *once* as ``hsd.v1.Chunk`` messages. Every Fetch stream of every
-client then yields the same bytes objects: the publisher's cost does not grow with the
-number of clients beyond handing the same buffers to gRPC.
+``Snapshot.build`` lays the tensors' bytes (each in its own dtype: bf16 stays bf16) out
+as one flat byte range, hashes each tensor (sha256, the tensors in parallel threads:
+hashlib releases the GIL), and serializes the range's ≤ chunk_bytes pieces *once* as
+``hsd.v1.Chunk`` messages, copying each byte once, straight from the tensors into its
+message. Every Fetch stream of every client then yields the same bytes objects: the
+publisher's cost does not grow with the number of clients beyond handing the same
+buffers to gRPC.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -75,12 +79,14 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def encode_chunk(version: int, offset: int, data: bytes | memoryview) -> bytes:
-    """The wire form of ``Chunk(version, offset, data)``: one copy of ``data``."""
+def encode_chunk(version: int, offset: int, *pieces: bytes | memoryview) -> bytes:
+    """The wire form of ``Chunk(version, offset, data)`` with data the pieces joined: one
+    copy of each piece."""
     head = pb.Chunk(version=version, offset=offset).SerializeToString()
-    if not len(data):
+    size = sum(len(p) for p in pieces)
+    if not size:
         return head  # proto3 leaves an empty bytes field out
-    return b"".join((head, CHUNK_FIELD_TAG, _varint(len(data)), data))
+    return b"".join((head, CHUNK_FIELD_TAG, _varint(size), *pieces))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -92,6 +98,16 @@ def torch_dtype(name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown dtype {name!r}")
     return dtype
+
+
+def _pieces(infos: Sequence[pb.TensorInfo], views: Sequence[memoryview], lo: int, hi: int) -> list[memoryview]:
+    """The tensors' bytes that fall in the flat range [lo, hi), in order."""
+    out = []
+    for info, raw in zip(infos, views, strict=True):
+        a, b = max(lo, info.offset), min(hi, info.offset + info.nbytes)
+        if b > a:
+            out.append(raw[a - info.offset : b - info.offset])
+    return out
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -112,21 +128,19 @@ class Snapshot:
     def build(
         cls, version: int, state_dict: Mapping[str, torch.Tensor], chunk_bytes: int = 4 << 20
     ) -> Snapshot:
-        infos, views, offset = [], [], 0
-        for name, tensor in state_dict.items():
-            raw = tensor_bytes(tensor)
-            infos.append(pb.TensorInfo(
-                name=name, dtype=dtype_name(tensor.dtype), shape=list(tensor.shape),
-                offset=offset, nbytes=raw.nbytes, sha256=hashlib.sha256(raw).digest(),
-            ))
-            views.append(raw)
+        names = list(state_dict)
+        views = [tensor_bytes(state_dict[n]) for n in names]
+        with ThreadPoolExecutor(max_workers=min(len(views), os.cpu_count() or 1) or 1) as pool:
+            digests = list(pool.map(lambda raw: hashlib.sha256(raw).digest(), views))
+        infos, offset = [], 0
+        for name, raw, digest in zip(names, views, digests, strict=True):
+            tensor = state_dict[name]
+            infos.append(pb.TensorInfo(name=name, dtype=dtype_name(tensor.dtype), shape=list(tensor.shape),
+                                       offset=offset, nbytes=raw.nbytes, sha256=digest))
             offset += raw.nbytes
-        flat = bytearray(offset)
-        for info, raw in zip(infos, views, strict=True):
-            flat[info.offset : info.offset + info.nbytes] = raw
-        view = memoryview(flat)
         starts = tuple(range(0, offset, chunk_bytes))
-        chunks = tuple(encode_chunk(version, s, view[s : s + chunk_bytes]) for s in starts)
+        chunks = tuple(encode_chunk(version, s, *_pieces(infos, views, s, min(offset, s + chunk_bytes)))
+                       for s in starts)
         manifest = pb.Manifest(
             version=version, tensors=infos, total_bytes=offset, published_at=time.time(),
             chunk_bytes=chunk_bytes,

@@ -35,3 +35,17 @@ def test_quick_bench_writes_a_figure_per_suite(tmp_path, tiny_model_dir):
         assert f["baseline"] > 0 and math.isclose(f["ratio"], f["value"] / f["baseline"], rel_tol=1e-3), name
     for name in figures:  # the printed table names every figure
         assert name in proc.stdout
+
+
+def test_the_gpu_suite_says_it_is_skipped_without_cuda(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: the suite runs (make bench ARGS='--only learner_gpu')")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--only", "learner_gpu", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learner_gpu: skipped: no CUDA device here" in proc.stderr
+    assert [k for k in json.loads(out.read_text()) if not k.startswith("_")] == []

@@ -122,26 +122,24 @@ def _softmax(xs):
 
 @pytest.mark.parametrize("alpha", [1.0, 0.0, 0.5, 0.25])
 def test_topk_mixed_kl_by_hand(alpha):
-    teacher = T([[[2.0, 1.0, 0.0]]])
-    student = T([[[0.0, 1.0, 5.0]]], requires_grad=True)
-    loss, metrics = topk_distillation_loss(student, teacher, T([[True]]), k=2, alpha=alpha)
+    teacher = T([[[2.0, 1.0]]])  # the teacher's top-2 logits; the student's at the same two tokens
+    student = T([[[0.0, 1.0]]], requires_grad=True)
+    loss, metrics = topk_distillation_loss(student, teacher, T([[True]]), alpha=alpha)
     t, s = _softmax([2.0, 1.0]), _softmax([0.0, 1.0])  # renormalised over the teacher's top-2
     expected = alpha * _kl(t, s) + (1 - alpha) * _kl(s, t)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert metrics["teacher_kl"] == pytest.approx(_kl(t, s), rel=1e-5)
-    loss.backward()
-    assert student.grad[0, 0, 2].item() == 0.0  # outside the teacher's top-k: no signal
 
 
 def test_topk_full_vocabulary_and_identical_distributions():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 7)
     mask = torch.ones(2, 4, dtype=torch.bool)
-    assert topk_distillation_loss(logits, logits, mask, k=64)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert topk_distillation_loss(logits, logits, mask)[0].item() == pytest.approx(0.0, abs=1e-6)
     other = torch.randn(2, 4, 7)
     full = torch.nn.functional.kl_div(
         other.log_softmax(-1), logits.log_softmax(-1), log_target=True, reduction="none").sum(-1).mean()
-    got = topk_distillation_loss(other, logits, mask, k=7, alpha=1.0)[0]
+    got = topk_distillation_loss(other, logits, mask, alpha=1.0)[0]
     assert got.item() == pytest.approx(full.item(), rel=1e-5)
 
 
@@ -149,7 +147,7 @@ def test_topk_teacher_gets_no_gradient_and_weights_apply():
     teacher = torch.randn(1, 2, 5, requires_grad=True)
     student = torch.randn(1, 2, 5, requires_grad=True)
     mask = T([[True, True]])
-    loss, _ = topk_distillation_loss(student, teacher, mask, k=3, is_weights=T([[0.0, 1.0]]))
+    loss, _ = topk_distillation_loss(student, teacher, mask, is_weights=T([[0.0, 1.0]]))
     loss.backward()
     assert teacher.grad is None
     assert student.grad[0, 0].abs().sum().item() == 0.0  # weight 0 position

@@ -43,11 +43,14 @@ def _terms(loss_form: str, teacher: bool) -> tuple[LossTerms, dict[str, torch.Te
         "teacher_logits": torch.randn(B, T, V, generator=g),
     }
     distilled = torch.tensor([True, False])
+    top = raw["teacher_logits"].topk(2, -1)
+    topk = teacher and loss_form == "topk"
     return LossTerms(
-        logprobs=logp, logits=logits, old_logprobs=logp.detach(), mask=mask, is_weights=raw["w"],
+        logprobs=logp, old_logprobs=logp.detach(), mask=mask, is_weights=raw["w"],
         outcome=raw["outcome"], distilled=distilled,
         teacher_logprobs=raw["teacher_logp"] if teacher and loss_form == "sampled" else None,
-        teacher_logits=raw["teacher_logits"] if teacher and loss_form == "topk" else None,
+        teacher_topk_logits=top.values if topk else None,
+        student_topk_logits=logits.gather(-1, top.indices) if topk else None,
         norm={"num_tokens": 5, "num_sequences": 2, "constant_length": 3}), raw
 
 
