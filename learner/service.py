@@ -27,7 +27,6 @@ import statistics
 import sys
 import threading
 import time
-from collections import Counter as Tally
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,12 +197,12 @@ class Learner:
             self.admission.admit(self.prompts, settled=len(self.unacked))
             batch = self.replay.next_batch(self.version, timeout_s=1.0)
             self.idle_s += time.monotonic() - started
-            if batch is not None:
-                result = self.train(batch)
+            result = self.train(batch) if batch is not None else None
+            if result is not None:
                 progress.show(self.step, result, self.history)
             self.loop_s += time.monotonic() - started
             self.metrics.idle_fraction.set(self.idle_s / max(self.loop_s, 1e-9))
-            if batch is not None and every and self.step % every == 0:
+            if result is not None and every and self.step % every == 0:
                 self._evaluate()
         if not self.stop_event.is_set():  # a stop asked for (SIGTERM) does not wait for an evaluation
             self._evaluate()
@@ -214,8 +213,19 @@ class Learner:
 
     # ------------------------------------------------------------------ one step
 
-    def train(self, batch: list[TaggedGroup]) -> StepResult:
-        samples = build_samples(batch, self.tokenizer, self.method)
+    def train(self, batch: list[TaggedGroup]) -> StepResult | None:
+        """One step on ``batch``; None when no group of it was usable (nothing trained)."""
+        unusable: set[bytes] = set()  # entry ids
+
+        def reject(t: TaggedGroup, err: Exception) -> None:
+            log.warning("dead-lettering group %s: no training sample can be made of it: %s", t.group.group_id, err)
+            self.replay.reject_unusable(t, err)
+            unusable.add(t.entry_id)
+
+        samples = build_samples(batch, self.tokenizer, self.method, on_unusable=reject)
+        batch = [t for t in batch if t.entry_id not in unusable]
+        if not batch:
+            return None
         result = self.trainer.train_step(samples)
         self.step += 1
         self.version += 1
@@ -306,10 +316,7 @@ class Learner:
     # ------------------------------------------------------------------ summary
 
     def summary(self) -> dict[str, Any]:
-        dropped = Tally()
-        for sample in self.replay.metrics.dropped.collect()[0].samples:
-            if sample.name.endswith("_total"):
-                dropped[sample.labels["reason"]] = int(sample.value)
+        trained, dropped = self.replay.run_totals()
         h = self.history
 
         def mean(xs):
@@ -317,7 +324,8 @@ class Learner:
 
         return {
             "steps": self.step, "final_version": self.version, "method": self.config.algorithm.method,
-            "trained_groups": self.trained_groups, "dropped": dict(dropped),
+            # the run's totals (every learner that served it); trained_samples: this process
+            "trained_groups": trained, "dropped": dropped,
             "reward_mean_by_step": [round(r, 4) for r in h["reward"]],
             "revision_success_by_step": [round(r, 4) for r in h["revision_success"]],
             "staleness_mean": mean(h["staleness"]),

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-# malformed: dead-lettered; the others: learner.staleness.Drop
-DROP_REASONS = ("malformed", "stale", "future", "lost")
+# malformed: dead-lettered (also a group no training sample can be made of); duplicate: a
+# group id already buffered or trained; the others: learner.staleness.Drop
+DROP_REASONS = ("malformed", "duplicate", "stale", "future", "lost")
 
 
 class ReplayMetrics:

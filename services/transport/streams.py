@@ -64,6 +64,16 @@ class Keys:
     def peers(self, prompt_id: str) -> str:
         return f"hsd:{self.run}:peers:{prompt_id}"
 
+    @property
+    def trained(self) -> str:
+        """Set of the group ids the learner has trained on and committed."""
+        return f"hsd:{self.run}:trained"
+
+    @property
+    def dropped(self) -> str:
+        """Hash: drop reason -> groups dropped for it, over the run's whole life."""
+        return f"hsd:{self.run}:dropped"
+
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # (entry id, fields)
 

@@ -24,6 +24,7 @@ from services.metrics import ActorMetrics
 from services.transport.redis_client import connect
 from services.transport.streams import ACTORS_GROUP, PROMPT_FIELD, ROLLOUT_FIELD, Keys, ensure_group
 from services.weights.server import WeightServer
+from tests.unit.core.records_factory import make_prompt
 from tests.waiting import wait_until
 
 
@@ -137,14 +138,17 @@ def test_a_malformed_prompt_is_dead_lettered_and_the_actor_goes_on(client, tiny_
     _announce(client, config, weight_server)
     keys = Keys("actor3")
     client.xadd(keys.prompts, {b"p": b"\xc1 not msgpack"})
+    # over model.max_prompt_tokens (256): the learner would refuse the group, so it is never generated
+    client.xadd(keys.prompts, {b"p": bytes(encode_prompt(make_prompt(prompt="1+" * 200 + "1?")))})
     _admit(client, "actor3", 1)
     actor = _actor(client, config, tiny_model_dir)
     actor.join()
     wait_until(lambda: actor.step(block_ms=200) is not None and _groups(client, "actor3"), 120,
-               "the actor wrote no group after the malformed prompt", interval_s=0)
-    [(_, letter)] = client.xrange(keys.deadletter)
-    assert letter[b"reason"] == b"not_msgpack"
-    assert client.xlen(keys.prompts) == 0
+               "the actor wrote no group after the malformed prompts", interval_s=0)
+    letters = [letter for _, letter in client.xrange(keys.deadletter)]
+    assert [letter[b"reason"] for letter in letters] == [b"not_msgpack", b"too_long"]
+    assert b"renders to" in letters[1][b"detail"]
+    assert client.xlen(keys.prompts) == 0 and len(_groups(client, "actor3")) == 1
 
 
 def _spawn_actor(redis_url: str, run: str, model_dir, actor_id: str, tmp_path) -> tuple[subprocess.Popen, str]:

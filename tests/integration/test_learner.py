@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgpack
 import numpy as np
 import pytest
@@ -86,7 +88,8 @@ def _learner(client, config, model_dir, registry=None) -> Learner:
 def _config(run: str, tmp_path, **extra):
     overrides = [f'run.name="{run}"', f'run.dir="{tmp_path / run}"', "learner.batch_groups=2",
                  "learner.checkpoint_every=2", "learner.max_staleness=100", "learner.lr=1e-3",
-                 "weights.keep_versions=2", "metrics.enabled=false"]
+                 "weights.keep_versions=2", "metrics.enabled=false",
+                 "actor.group_size=4"]  # tests.integration.batches makes groups of 4
     return load_config(environ={}, overrides=overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -145,6 +148,45 @@ def test_poison_entries_are_rejected_counted_and_never_trained_on(client, tiny_m
     assert registry.get_sample_value("hsd_replay_dropped_total", {"reason": "malformed"}) == 1
     assert learner.trained_groups == 2
     assert [f[b"reason"] for _, f in client.xrange(keys.deadletter)] == [b"non_finite"]
+
+
+def test_groups_valid_by_type_but_not_by_meaning_are_dead_lettered_and_the_learner_goes_on(
+        client, tiny_model_dir, tmp_path):
+    """Beyond the run's limits, a duplicate of a buffered and of a trained group, and a
+    poison pill whose training samples cannot be made (a prompt with no user message for
+    HSD's teacher to extend): none is trained, each is counted by reason, the valid groups
+    are trained once, and generated = trained + dropped holds."""
+    run = "meaning"
+    good = real_groups(tiny_model_dir, 6, run=run)
+    too_many = dataclasses.replace(good[0], group_id="too-many", samples=good[0].samples * 2)
+    huge_reward = dataclasses.replace(good[1], group_id="huge-reward", samples=(
+        dataclasses.replace(good[1].samples[0], reward=3e38), *good[1].samples[1:]))
+    no_user = dataclasses.replace(good[2], group_id="no-user", prompt=[{"role": "system", "content": "be brief"}])
+    keys = Keys(run)
+    hostile = [too_many, huge_reward, no_user, good[0], good[0], good[1], good[2], good[3]]
+    for g in hostile:
+        publish_group(client, keys, g)
+    registry = CollectorRegistry()
+    learner = _learner(client, _config(run, tmp_path, **{"learner.batch_groups": 1, "algorithm.method": '"hsd"'}),
+                       tiny_model_dir, registry).start()
+    learner.run(steps=4)  # good[0..3]: one group a step; no_user is dead-lettered when batched
+    for g in (good[1], good[4]):  # a repeat of a trained group, then a new one
+        publish_group(client, keys, g)
+    learner.run(steps=5)
+    learner.close()
+    reasons = sorted(f[b"reason"].decode() for _, f in client.xrange(keys.deadletter))
+    assert reasons == ["group_size", "out_of_range", "unusable"]
+    dropped = {r: registry.get_sample_value("hsd_replay_dropped_total", {"reason": r}) for r in ("malformed", "duplicate")}
+    assert dropped == {"malformed": 3, "duplicate": 2}
+    assert learner.trained_groups == 5
+    assert client.scard(keys.trained) == 5
+    assert len(hostile) + 2 == learner.trained_groups + sum(dropped.values())
+    assert client.xlen(keys.rollouts) == 0
+    # the run's accounting is kept in Redis: a restarted learner reports the same totals
+    config = _config(run, tmp_path, **{"learner.batch_groups": 1})
+    later = _learner(client, config, tiny_model_dir).summary()
+    assert later["trained_groups"] == 5
+    assert later["dropped"] == {"duplicate": 2, "malformed": 3}
 
 
 @pytest.mark.slow

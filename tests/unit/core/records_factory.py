@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from core.records import PromptItem, Revision, RolloutGroup, Sample
@@ -29,10 +31,13 @@ def make_sample(n: int = 5, *, seed: int = 0, success: bool = True, revision: bo
     )
 
 
+_GROUP_IDS = itertools.count()
+
+
 def make_group(g: int = 3, n: int = 5, **overrides) -> RolloutGroup:
     fields = dict(
         run="test",
-        group_id="ab12",
+        group_id=f"g{next(_GROUP_IDS)}",  # unique, as actors make them (the replay drops repeats)
         prompt_id="p-1",
         task="arith",
         actor="actor-0",

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import msgpack
@@ -9,8 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.codec import (
+    LOGPROB_FLOOR,
+    GroupLimits,
     Reason,
     RecordRejected,
+    check_limits,
     decode_group,
     decode_prompt,
     encode_group,
@@ -179,3 +183,51 @@ def test_field_replacements_raise_only_the_typed_rejection(data):
         decode_group(_pack(m), vocab_size=100)
     except RecordRejected as err:
         assert isinstance(err.reason, Reason)
+
+
+LIMITS = GroupLimits(group_size=3, max_prompt_tokens=6, max_response_tokens=5)
+
+
+def _with_sample(group, i: int = 0, **changes):
+    samples = list(group.samples)
+    samples[i] = dataclasses.replace(samples[i], **changes)
+    return dataclasses.replace(group, samples=tuple(samples))
+
+
+@pytest.mark.parametrize(("change", "reason", "detail"), [
+    (lambda g: dataclasses.replace(g, samples=g.samples[:2]), Reason.GROUP_SIZE, "2 samples"),
+    (lambda g: dataclasses.replace(g, samples=g.samples * 2), Reason.GROUP_SIZE, "6 samples"),
+    (lambda g: dataclasses.replace(g, prompt_ids=np.zeros(0, np.int32)), Reason.TOO_LONG, "empty"),
+    (lambda g: dataclasses.replace(g, prompt_ids=np.zeros(7, np.int32)), Reason.TOO_LONG, "prompt_ids: 7 > 6"),
+    (lambda g: dataclasses.replace(g, prompt="x" * 1000), Reason.TOO_LONG, "group.prompt"),
+    (lambda g: dataclasses.replace(g, answer="4" * 1000), Reason.TOO_LONG, "group.answer"),
+    (lambda g: _with_sample(g, 1, ids=np.zeros(6, np.int32), logprobs=np.zeros(6, np.float32)),
+     Reason.TOO_LONG, "samples[1].ids: 6 > 5"),
+    (lambda g: _with_sample(g, 2, text="y" * 3000), Reason.TOO_LONG, "samples[2].text"),
+    (lambda g: _with_sample(g, 0, reward=3e38), Reason.OUT_OF_RANGE, "reward"),
+    (lambda g: _with_sample(g, 0, reward=float("nan")), Reason.NON_FINITE, "reward"),
+    (lambda g: _with_sample(g, 1, logprobs=np.array([-1, -3e38, -1, -1, -1], np.float32)),
+     Reason.OUT_OF_RANGE, "logprobs"),
+    (lambda g: _with_sample(g, 0, revision=dataclasses.replace(g.samples[0].revision, ids=np.zeros(9, np.int32),
+                                                                logprobs=np.zeros(9, np.float32))),
+     Reason.TOO_LONG, "samples[0].revision.ids"),
+])
+def test_a_group_beyond_the_runs_limits_is_rejected_naming_the_part(change, reason, detail):
+    """What the learner's ingestion does: decode (rewards and log-probs in range for any
+    run), then the run's limits."""
+    group = make_group(g=3, n=5)
+
+    def ingest(g, limits=LIMITS):
+        check_limits(decode_group(bytes(encode_group(g))), limits)
+
+    ingest(group)  # the factory's group is within them
+    with pytest.raises(RecordRejected) as err:
+        ingest(change(group))
+    assert err.value.reason is reason and detail in err.value.detail
+
+
+def test_limits_left_unset_check_only_what_no_run_allows():
+    group = _with_sample(make_group(g=9, n=50), 0, logprobs=np.full(50, LOGPROB_FLOOR + 1, np.float32))
+    check_limits(decode_group(bytes(encode_group(group))), GroupLimits())
+    with pytest.raises(RecordRejected, match="out_of_range"):
+        decode_group(bytes(encode_group(_with_sample(group, 0, reward=-2e3))))
