@@ -89,8 +89,7 @@ class Learner:
                                         self.weights_metrics.publish_seconds.set(s)),
             on_bytes_sent=self.weights_metrics.bytes_sent.inc)
         self.publisher = AsyncPublisher(
-            self.weights, on_published=lambda _, lag: self.weights_metrics.publish_lag_seconds.observe(lag),
-            on_blocked=self.weights_metrics.publish_blocked_seconds.observe)
+            self.weights, on_published=lambda _, lag: self.weights_metrics.publish_lag_seconds.observe(lag))
         self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
                                                 "divergence_mass": [], "peak_offset": [], "revision_success": []}
@@ -181,11 +180,12 @@ class Learner:
             self.trainer.close()
             self.weights.stop(grace=1.0)
 
-    def _publish(self) -> None:
+    def _publish(self) -> float:
         """Hand the current weights over; a worker publishes them while the next step
-        trains (services.weights.publisher)."""
-        self.publisher.submit(self.version, self.trainer.full_state_dict())
+        trains (services.weights.publisher). Returns the seconds that took."""
+        blocked = self.publisher.submit(self.version, self.trainer.full_state_dict())
         self.metrics.policy_version.set(self.version)
+        return blocked
 
     def run(self, steps: int | None = None) -> None:
         target = steps if steps is not None else self.config.run.steps
@@ -230,7 +230,8 @@ class Learner:
         self.step += 1
         self.version += 1
         self.client.hset(self.keys.state, "version", self.version)  # before any actor can see it
-        self._publish()
+        # the loop's own wait (start-up's first hand-over, which allocates the host buffers, is not in it)
+        self.weights_metrics.publish_blocked_seconds.observe(self._publish())
         self.unacked.extend(batch)
         self.trained_groups += len(batch)
         self.trained_samples += sum(len(t.group.samples) for t in batch)

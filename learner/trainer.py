@@ -87,6 +87,10 @@ def _pad_topk(rows: Sequence[torch.Tensor | None], width: int, k: int, dtype: to
 
 
 class TorchTrainer:
+    # The DeepSpeed engine (learner.deepspeed_trainer) keeps its own optimiser precision.
+    uses_master_weights = True
+    fused_optimizer = True
+
     def __init__(self, model: torch.nn.Module, config: Config, pad_id: int,
                  teacher: TeacherPolicy | None = None) -> None:
         self.model = model
@@ -122,10 +126,6 @@ class TorchTrainer:
         if not self.head_route:
             log.warning("%s's logits are not h·Wᵀ: the learner computes whole logits (more memory)",
                         type(model).__name__)
-
-    # The DeepSpeed engine (learner.deepspeed_trainer) keeps its own optimiser precision.
-    uses_master_weights = True
-    fused_optimizer = True
 
     # ------------------------------------------------------------------ engine hooks
     # A data-parallel engine (learner.deepspeed_trainer) overrides these; the step itself

@@ -66,11 +66,9 @@ class _HostBuffer:
 
 
 class AsyncPublisher:
-    def __init__(self, server: WeightServer, *, on_published: Callable[[int, float], None] | None = None,
-                 on_blocked: Callable[[float], None] | None = None) -> None:
+    def __init__(self, server: WeightServer, *, on_published: Callable[[int, float], None] | None = None) -> None:
         self.server = server
         self._on_published = on_published
-        self._on_blocked = on_blocked
         self._free: queue.Queue[_HostBuffer | None] = queue.Queue()
         self._allocated = 0
         self._work: queue.Queue[tuple[int, _HostBuffer, torch.cuda.Event | None, float] | None] = queue.Queue()
@@ -89,10 +87,7 @@ class AsyncPublisher:
         with self._cond:
             self._pending += 1
         self._work.put((version, buffer, event, started))
-        blocked = time.perf_counter() - started
-        if self._on_blocked:
-            self._on_blocked(blocked)
-        return blocked
+        return time.perf_counter() - started
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every submitted version is published."""

@@ -180,6 +180,10 @@ def test_groups_valid_by_type_but_not_by_meaning_are_dead_lettered_and_the_learn
     assert dropped == {"malformed": 3, "duplicate": 2}
     assert learner.trained_groups == 5
     assert client.scard(keys.trained) == 5
+    # one hand-over to the publisher per step, the start-up's not counted; each published
+    assert registry.get_sample_value("hsd_weights_publish_blocked_seconds_count") == 5
+    assert registry.get_sample_value("hsd_weights_publish_lag_seconds_count") == 6
+    assert registry.get_sample_value("hsd_weights_version") == learner.version
     assert len(hostile) + 2 == learner.trained_groups + sum(dropped.values())
     assert client.xlen(keys.rollouts) == 0
     # the run's accounting is kept in Redis: a restarted learner reports the same totals

@@ -44,17 +44,17 @@ def gated():
 
 def test_the_learner_goes_on_while_versions_publish_and_they_hold_the_handed_over_weights(gated):
     lags, blocked = [], []
-    publisher = AsyncPublisher(gated, on_published=lambda v, lag: lags.append((v, lag)), on_blocked=blocked.append)
+    publisher = AsyncPublisher(gated, on_published=lambda v, lag: lags.append((v, lag)))
     live = _weights(1.0)
-    publisher.submit(1, live)
+    blocked.append(publisher.submit(1, live))
     live["w"].fill_(2.0)  # the next optimiser step changes the weights in place
     live["b"].fill_(2.0)
-    publisher.submit(2, live)
+    blocked.append(publisher.submit(2, live))
     wait_until(lambda: gated.entered == [1], 10, "the worker did not start publishing version 1")
     assert gated.versions == []  # version 1 is held at the gate, and submit returned anyway
     # both host buffers are taken (version 1 publishing, version 2 queued): a third
     # submission waits until version 1's buffer is free, and that wait is reported
-    third = threading.Thread(target=publisher.submit, args=(3, _weights(3.0)))
+    third = threading.Thread(target=lambda: blocked.append(publisher.submit(3, _weights(3.0))))
     third.start()
     third.join(0.3)
     assert third.is_alive(), "the third submission did not wait for a free buffer"
