@@ -147,7 +147,7 @@ class DeepSpeedTrainer(TorchTrainer):
         self._lead("load_state", directory)
         self.engine.load_checkpoint(str(directory / "deepspeed"), tag=CHECKPOINT_TAG,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
-        self.teacher.load_state_dict(torch.load(directory / "teacher.pt", weights_only=False)["teacher"])
+        self.teacher.load_state_dict(torch.load(directory / "teacher.pt", weights_only=True)["teacher"])
 
     def close(self) -> None:
         self._lead("close")

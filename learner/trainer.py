@@ -186,7 +186,7 @@ class TorchTrainer:
                    directory / "optimizer.pt")
 
     def load_state(self, directory: Path) -> None:
-        state = torch.load(directory / "optimizer.pt", weights_only=False)
+        state = torch.load(directory / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.teacher.load_state_dict(state["teacher"])
         if self.masters and state.get("masters") is not None:
