@@ -124,7 +124,7 @@ def measure_trainer(method: str, length: int, dtype: str, checkpointing: bool, r
 def measure_bare(length: int, dtype: str, checkpointing: bool, repeats: int) -> dict:
     """Forward + backward + fused AdamW of the student sequences with the learner's fastest
     settings (no mask, chunked head, the same precision) and a plain token-mean NLL."""
-    from core.views import ScoringInput  # noqa: F401 - the samples' type
+    from learner.batch import length_buckets
     from learner.logprobs import head_loss, response_hidden, split_causal_lm, token_logprobs
 
     _free()
@@ -136,8 +136,6 @@ def measure_bare(length: int, dtype: str, checkpointing: bool, repeats: int) -> 
     autocast = dtype == "float32"
     inputs = [s.student for s in _samples(length, "grpo")]
     n_tok = sum(x.length for x in inputs)
-    from learner.batch import length_buckets
-
     buckets = length_buckets([len(x.ids) for x in inputs], 16384)
 
     def step() -> None:
