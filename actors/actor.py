@@ -204,27 +204,31 @@ class Actor:
         return len(work)
 
     def _revise(self, work, completions, scores) -> list[list[Revision | None]]:
-        """The method's second stage (srt: a reviser continuation after each attempt),
-        sampled from the contexts the method gives and scored like the attempts."""
+        """The method's second stage (srt: a reviser continuation after an attempt), sampled
+        from the contexts the method gives (None: that attempt gets none) and scored like
+        the attempts."""
         contexts = [self.method.revision_contexts(self.tokenizer, item.prompt, [c.ids for c in group],
                                                   [score.success for score in group_scores])
                     for (_, item), group, group_scores in zip(work, completions, scores, strict=True)]
         if any(c is None for c in contexts):
             return [[None] * len(group) for group in completions]
+        wanted = [(g, i, context) for g, cs in enumerate(contexts) for i, context in enumerate(cs)
+                  if context is not None]
+        out: list[list[Revision | None]] = [[None] * len(group) for group in completions]
+        if not wanted:
+            return out
         sampling = dataclasses.replace(self.sampling, n=1)
         start = time.perf_counter()
-        revised = [group[0] for group in self.engine.generate([c for cs in contexts for c in cs], sampling)]
+        revised = [group[0] for group in self.engine.generate([context for _, _, context in wanted], sampling)]
         self.metrics.generate_seconds.observe(time.perf_counter() - start)
-        items = [item for (_, item), group in zip(work, completions, strict=True) for _ in group]
-        futures = [self.verifiers.submit(self._score, item, r.text) for item, r in zip(items, revised, strict=True)]
-        flat = []
-        for r, f in zip(revised, futures, strict=True):
+        futures = [self.verifiers.submit(self._score, work[g][1], r.text)
+                   for (g, _, _), r in zip(wanted, revised, strict=True)]
+        for (g, i, _), r, f in zip(wanted, revised, futures, strict=True):
             score = f.result()
-            flat.append(Revision(np.asarray(r.ids, np.int32), np.asarray(r.logprobs, np.float32),
-                                 score.reward, score.success, r.text))
+            out[g][i] = Revision(np.asarray(r.ids, np.int32), np.asarray(r.logprobs, np.float32),
+                                 score.reward, score.success, r.text)
             self.metrics.tokens.inc(len(r.ids))
-        rest = iter(flat)
-        return [[next(rest) for _ in group] for group in completions]
+        return out
 
     def _decode(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[PromptItem, list[int]] | None:
         """The prompt and its rendered ids, or None after dead-lettering it (the learner

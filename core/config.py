@@ -9,8 +9,9 @@ Invalid values raise :class:`ConfigError`, whose message names each bad field by
 path (``learner.lr``) with the reason.
 
 :func:`config_hash` fingerprints what every process of a run must agree on. Fields
-marked ``LOCAL`` (ports, addresses, secrets, file paths of one process) are left out,
-so two actors on different metrics ports still join the same run.
+marked ``LOCAL`` (ports, addresses, secrets, file paths of one process, how many steps it
+runs) are left out, so two actors on different metrics ports still join the same run and
+a learner resumed with another ``--steps`` resumes it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from core.tasks import check_task_name
 
 ENV_PREFIX = "HSD_"
 LOCAL = {"local": True}  # marks a field that is per-process and not part of the run's hash
@@ -37,25 +41,38 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # each field's docstring is its description: `hsd config --fields` prints them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "hsd"
+    """the run's name: its Redis keys are hsd:{name}:…, and actors join it by this name"""
     seed: int = 0
+    """seed of the learner's RNGs and of the prompt stream"""
     dir: Annotated[str, Field(json_schema_extra=LOCAL)] = "runs/hsd"
-    steps: Annotated[int, Field(ge=1)] = 40
+    """the run dir: config, logs, checkpoints, metrics.jsonl, credit.jsonl, summary"""
+    # how long this process trains: a resumed learner or a joining actor may say otherwise
+    steps: Annotated[int, Field(ge=1, json_schema_extra=LOCAL)] = 40
+    """optimiser steps to train (this process's; not part of the run's identity)"""
 
 
 class RedisConfig(_Section):
     # None: start the embedded server; else redis:// or rediss:// as is.
     url: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """an existing Redis (redis://, rediss://, unix://; password in the URL); unset: start the embedded one"""
     data_dir: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """the embedded Redis's data dir (default RUN_DIR/redis)"""
     retry_seconds: Annotated[float, Field(ge=0)] = 30.0
+    """how long a Redis command is retried (backoff, jitter) before the process fails"""
     block_ms: Annotated[int, Field(ge=1)] = 1000
+    """how long a stream read blocks waiting for entries"""
     claim_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """a prompt or rollout unacknowledged this long is reclaimed from a dead consumer"""
     max_record_bytes: Annotated[int, Field(ge=1024)] = 64 * MiB
+    """a rollout or prompt record over this size is dead-lettered"""
     max_rollout_lag: Annotated[int, Field(ge=1)] = 256
+    """actors stop taking prompts while this many rollout groups wait unread (backpressure)"""
 
     @model_validator(mode="after")
     def _url_scheme(self) -> RedisConfig:
@@ -68,47 +85,83 @@ class ModelConfig(_Section):
     # "tiny": the shipped tiny Qwen3 (table chain); "tiny-arith": the same architecture
     # warm-started on arith (built once, cached); else an HF folder or hub id.
     path: str = "tiny"
+    """'tiny' (the shipped table-chain model), 'tiny-seed2', 'tiny-arith', an HF folder or a hub id"""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """parameter dtype (bf16/fp16 train with float32 master weights, learner.master_weights)"""
     max_prompt_tokens: Annotated[int, Field(ge=1)] = 256
+    """prompts rendering to more tokens are dead-lettered (too_long)"""
     max_response_tokens: Annotated[int, Field(ge=1)] = 64
+    """generation length cap; longer responses in a record are dead-lettered"""
     trust_remote_code: bool = False
+    """let transformers run a model repository's own code"""
 
 
 class ActorConfig(_Section):
     engine: Literal["hf", "vllm"] = "hf"
-    task: str = "arith"
+    """generation engine: hf (transformers) or vllm"""
+    task: Annotated[str, AfterValidator(check_task_name)] = "arith"
+    """chain, arith, gsm8k, humaneval, math, math:FILE.jsonl, code or gym:NAME"""
     group_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    """G: samples per prompt (a group; HSD's peers come from it)"""
     temperature: Annotated[float, Field(gt=0)] = 1.0
+    """sampling temperature"""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """nucleus sampling threshold"""
     prompts_per_batch: Annotated[int, Field(ge=1)] = 1
+    """prompts an actor generates for in one engine call"""
     verifier_workers: Annotated[int, Field(ge=1)] = 2
+    """threads scoring completions in parallel"""
     verifier_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-    allow_unsandboxed_code: bool = False  # run generated code without isolation if none exists
+    """wall-time limit of one verification (sandboxed code included)"""
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """share of the GPU's memory vLLM may take (weights + KV cache; engine vllm)"""
+    vllm_max_model_len: Annotated[int, Field(ge=16)] = 2048
+    """longest sequence vLLM plans its KV cache for: ≥ prompt + response (srt: + the attempt)"""
+    allow_unsandboxed_code: bool = False
+    """run generated code without isolation when no sandbox backend exists"""
 
 
 class LearnerConfig(_Section):
     engine: Literal["torch", "deepspeed"] = "torch"
+    """training engine: torch, or deepspeed (ZeRO-2/3 across processes)"""
     zero_stage: Literal[2, 3] = 2
-    processes: Annotated[int, Field(ge=1)] = 1  # ranks `hsd run` starts under torchrun (engine deepspeed)
+    """DeepSpeed ZeRO stage"""
+    processes: Annotated[int, Field(ge=1)] = 1
+    """ranks `hsd run` starts under torchrun (engine deepspeed)"""
     batch_groups: Annotated[int, Field(ge=1)] = 4
-    max_staleness: Annotated[int, Field(ge=0)] = 1  # η: groups older than η versions drop
+    """B: groups per optimiser step (samples per step = B × G)"""
+    max_staleness: Annotated[int, Field(ge=0)] = 1
+    """η: groups sampled more than η versions ago are dropped (stale)"""
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-5
+    """AdamW learning rate (constant)"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW weight decay"""
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
-    epochs: Annotated[int, Field(ge=1)] = 1  # optimiser epochs per batch (PPO clip when > 1)
+    """gradient norm clipping threshold"""
+    epochs: Annotated[int, Field(ge=1)] = 1
+    """optimiser passes over each batch (the PPO clip applies from the second)"""
     microbatch_tokens: Annotated[int, Field(ge=1)] = 8192
+    """padded tokens per forward/backward micro-batch"""
     # response positions whose vocabulary-wide logits exist at once (learner.logprobs)
     head_chunk_tokens: Annotated[int, Field(ge=1)] = 1024
+    """response positions whose vocabulary-wide logits exist at once"""
     # bf16/fp16 parameters (model.dtype) train with float32 master weights and AdamW states
     master_weights: bool = True
+    """bf16/fp16 parameters train with float32 master weights and AdamW states"""
     # keep only each layer's input for the backward pass and recompute the rest (less
     # memory, about a third more compute)
     activation_checkpointing: bool = False
+    """recompute each layer in the backward pass (less memory, ~1/3 more compute)"""
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
+    """steps between checkpoints (rollouts are acknowledged with them); 0: none"""
     credit_log_every: Annotated[int, Field(ge=0)] = 5
-    eval_every: Annotated[int, Field(ge=0)] = 0  # held-out accuracy every N steps (and at 0 and the end); 0: off
-    eval_problems: Annotated[int, Field(ge=1)] = 64  # fixed problems of the task's test split
-    eval_samples: Annotated[int, Field(ge=1)] = 4  # per problem, at the actors' temperature
+    """steps between credit.jsonl records (δ_t per token of each sample); 0: none"""
+    eval_every: Annotated[int, Field(ge=0)] = 0
+    """held-out accuracy every N steps, before the first and after the last; 0: off"""
+    eval_problems: Annotated[int, Field(ge=1)] = 64
+    """fixed problems of the task's test split per evaluation"""
+    eval_samples: Annotated[int, Field(ge=1)] = 4
+    """samples per held-out problem, at the actors' temperature"""
 
     @model_validator(mode="after")
     def _engine_is_usable(self) -> LearnerConfig:
@@ -128,33 +181,61 @@ class LearnerConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    # one module each in methods/ (their own checks: methods.check_config)
+    # one module each in methods/ (their defaults and checks: methods.configure)
     method: Literal["grpo", "hsd", "sdzero", "opsd", "srt"] = "hsd"
+    """grpo, hsd, opsd, sdzero or srt (one module each in methods/; their defaults: README)"""
     advantage: Literal["grpo", "dr_grpo", "none"] = "grpo"
+    """outcome advantage A_i: grpo ((r − mean)/std), dr_grpo (r − mean) or none"""
     loss: Literal["sampled", "topk"] = "sampled"
-    credit_coef: Annotated[float, Field(ge=0)] = 1.0  # λ in A_t = A_i + λ·δ_t
+    """sampled: A_t = A_i + λ·δ_t on the sampled token; topk: A_i plus λ × the top-k mixed KL"""
+    credit_coef: Annotated[float, Field(ge=0)] = 1.0
+    """λ: weight of the teacher's credit (both losses)"""
     topk: Annotated[int, Field(ge=1)] = 64
+    """k of the top-k loss (the teacher's k largest logits)"""
     topk_alpha: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """α of the top-k mixed KL: α·forward + (1 − α)·reverse"""
     normalization: Literal["token_mean", "sequence_mean", "constant_length"] = "token_mean"
-    constant_length: Annotated[int | None, Field(ge=1)] = None  # dr_grpo's L; None: max_response_tokens
+    """how the token terms are averaged: token_mean, sequence_mean or constant_length"""
+    constant_length: Annotated[int | None, Field(ge=1)] = None
+    """constant_length's L (dr_grpo); unset: model.max_response_tokens"""
     peer_strategy: Literal["random", "shortest"] = "random"
+    """which successful peer a sample is scored against: random or shortest"""
     peer_fallback: Literal["answer", "none", "bank"] = "answer"
+    """a sample without an in-group success: answer (OPSD's view), none, or bank (an earlier success)"""
     peer_with_answer: bool = False
+    """HSD's teacher also reads the reference answer (the HSD paper's context)"""
     # HSD: also distil successful samples toward another successful peer (off: the paper's
     # setting, where the teacher re-scores failed attempts)
     hsd_distill_successes: bool = False
-    peer_bank_size: Annotated[int, Field(ge=1)] = 4  # banked successes kept per prompt
-    peer_bank_max_age: Annotated[int, Field(ge=0)] = 4  # versions a banked peer stays usable
+    """HSD also distils successful samples toward another success"""
+    # srt: also revise right attempts (their revisions train stage 2 only; off: the reference's
+    # default, REVISE_CORRECT=0)
+    srt_revise_correct: bool = False
+    """srt also revises right attempts (their revisions train stage 2 only)"""
+    peer_bank_size: Annotated[int, Field(ge=1)] = 4
+    """banked successes kept per prompt (peer_fallback bank)"""
+    peer_bank_max_age: Annotated[int, Field(ge=0)] = 4
+    """versions a banked success stays usable"""
     teacher: Literal["current", "ema", "sync", "frozen"] = "current"
+    """the teacher's weights: current, ema, sync (copied every teacher_sync_every steps) or frozen"""
     teacher_ema_decay: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    """decay of the ema teacher"""
     teacher_sync_every: Annotated[int, Field(ge=1)] = 10
+    """steps between copies of the sync teacher"""
     is_mode: Literal["token_truncate", "token_mask", "sequence_mask", "none"] = "token_truncate"
+    """behaviour-policy correction: token_truncate, token_mask, sequence_mask or none"""
     is_rho_max: Annotated[float, Field(gt=0)] = 2.0
+    """upper band of the importance ratio ρ = π_θold/μ"""
     is_rho_min: Annotated[float, Field(ge=0)] = 0.5
+    """lower band of ρ (the mask modes)"""
     ppo_clip_low: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    """PPO clip below 1 (epochs > 1)"""
     ppo_clip_high: Annotated[float, Field(ge=0)] = 0.28
+    """PPO clip above 1 (epochs > 1)"""
     divergence_window: Annotated[int, Field(ge=0)] = 4
+    """tokens either side of the divergence counted as its credit mass"""
     silence_tau: Annotated[float, Field(gt=0)] = 0.05
+    """|δ| below this counts as silent"""
 
     @model_validator(mode="after")
     def _bands(self) -> AlgorithmConfig:
@@ -167,19 +248,33 @@ class AlgorithmConfig(_Section):
 
 class WeightsConfig(_Section):
     host: Annotated[str, Field(json_schema_extra=LOCAL)] = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0  # 0: a free port
+    """the weight service's listen address"""
+    port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0
+    """its gRPC port (0: a free one)"""
     # the address actors dial (e.g. a Kubernetes Service "hsd-learner:50051"); None: host:port
     advertise: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """the address actors dial (e.g. a Kubernetes Service); unset: host:port"""
     token: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """bearer token every weight-service call must carry"""
     tls_cert: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """TLS certificate of the weight service (with tls_key)"""
     tls_key: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """TLS key of the weight service"""
     tls_ca: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """CA actors verify the weight service with"""
     # the bulk channel: snapshot bytes over a plain socket (TLS with the service's) beside
     # gRPC, which stays the fallback; bulk_port 0: a free port
     bulk: Annotated[bool, Field(json_schema_extra=LOCAL)] = True
+    """serve snapshot bytes over the bulk channel beside gRPC"""
     bulk_port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0
+    """the bulk channel's port (0: a free one)"""
     keep_versions: Annotated[int, Field(ge=1)] = 3
+    """weight versions the service keeps"""
+    # Watch streams served at once (a thread each, beside the pool for GetLatest/Fetch): ≥ actors
+    max_watchers: Annotated[int, Field(ge=1)] = 256
+    """Watch streams served at once (a thread each, beside GetLatest/Fetch's); ≥ actors"""
     chunk_bytes: Annotated[int, Field(ge=4096, le=4 * MiB)] = 4 * MiB
+    """size of a Fetch chunk"""
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WeightsConfig:
@@ -190,8 +285,11 @@ class WeightsConfig(_Section):
 
 class MetricsConfig(_Section):
     enabled: Annotated[bool, Field(json_schema_extra=LOCAL)] = True
+    """serve /metrics and /healthz"""
     host: Annotated[str, Field(json_schema_extra=LOCAL)] = "127.0.0.1"
+    """their listen address"""
     port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0
+    """their port (0: a free one)"""
 
 
 class Config(_Section):
@@ -227,9 +325,16 @@ def _parse_scalar(text: str) -> Any:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """``HSD_LEARNER__LR=1e-5`` -> ``{"learner": {"lr": 1e-05}}``; other HSD_ vars are ignored."""
+    """``HSD_LEARNER__LR=1e-5`` -> ``{"learner": {"lr": 1e-05}}``; ``HSD_LEARNER_LR`` (one
+    underscore after a section's name) is an error rather than silently ignored; other HSD_
+    vars (HSD_CACHE) are not config."""
     tree: dict[str, Any] = {}
     for key, text in environ.items():
+        rest = key[len(ENV_PREFIX):].lower()
+        if key.startswith(ENV_PREFIX) and "__" not in key and rest.startswith(tuple(f"{s}_" for s in SECTIONS)):
+            section = next(s for s in SECTIONS if rest.startswith(f"{s}_"))
+            raise ConfigError(f"environment variable {key}: a section and its field are separated by two "
+                              f"underscores (HSD_{section.upper()}__{rest[len(section) + 1:].upper()})")
         if key.startswith(ENV_PREFIX) and "__" in key:
             path = key[len(ENV_PREFIX) :].lower().replace("__", ".", 1)
             _set_path(tree, path, _parse_scalar(text), f"environment variable {key}")
@@ -308,6 +413,19 @@ def load_config(
     return validate(tree)
 
 
+def shared_view(model: BaseModel) -> dict[str, Any]:
+    """Every non-LOCAL field, nested by section: what :func:`config_hash` fingerprints."""
+    return _shared_view(model)
+
+
+def config_differences(recorded: Mapping[str, Any], config: Config) -> list[str]:
+    """``section.field: recorded → now`` for each shared field that differs."""
+    now = _shared_view(config)
+    return [f"{section}.{key}: {value!r} → {now.get(section, {}).get(key)!r}"
+            for section, fields in recorded.items() for key, value in fields.items()
+            if now.get(section, {}).get(key) != value]
+
+
 def _shared_view(model: BaseModel) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
@@ -325,9 +443,40 @@ def config_hash(config: Config) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def fields_table() -> list[tuple[str, str, str, str]]:
+    """(section.field, type, default, meaning) of every field, for ``hsd config --fields``."""
+    rows = []
+    for section, section_field in Config.model_fields.items():
+        for name, f in section_field.annotation.model_fields.items():
+            default = "unset" if f.default is None else json.dumps(f.default)
+            rows.append((f"{section}.{name}", _type_name(f.annotation), default, f.description or ""))
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return "|".join(str(a) for a in get_args(annotation))
+    if len(args) == 1:  # X | None
+        return _type_name(args[0])
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def masked_url(url: str) -> str:
+    """The URL with its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
 def to_toml(config: Config, mask_secrets: bool = True) -> str:
-    """The resolved config as TOML, for logs and ``hsd config`` (secrets masked) or for
-    the processes of a run to read (``mask_secrets=False``)."""
+    """The resolved config as TOML, for logs and ``hsd config`` (secrets masked: the
+    weights token, a password in the Redis URL) or for the processes of a run to read
+    (``mask_secrets=False``; such a file is written with mode 0600)."""
     lines: list[str] = []
     for section in SECTIONS:
         lines.append(f"[{section}]")
@@ -337,6 +486,8 @@ def to_toml(config: Config, mask_secrets: bool = True) -> str:
                 continue
             if key == "token" and mask_secrets:
                 value = "***"
+            elif key == "url" and mask_secrets:
+                value = masked_url(value)
             lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)

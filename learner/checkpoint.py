@@ -44,6 +44,7 @@ class CheckpointMeta:
     version: int
     acked_through: str  # newest rollout entry id acknowledged with this checkpoint ("" if none)
     config_hash: str
+    config: dict[str, Any] = field(default_factory=dict)  # core.config.shared_view of the run's config
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of every other file
 
 

@@ -66,9 +66,13 @@ def compute(model: Any, tokenizer: Any, prompt: str, response: str, method: str,
             "divergence": divergence, "student_ids": student.ids, "teacher_ids": teacher.ids}
 
 
-def colour(tokens: list[str], delta: list[float], divergence: int | None) -> str:
+def colour(tokens: list[str], delta: list[float], divergence: int | None, ansi: bool = True) -> str:
     """Tokens on a red (δ < 0: the teacher disagrees) / green (δ > 0) background, brighter
-    with |δ|; the divergence position is underlined."""
+    with |δ|; the divergence position is underlined. Without ``ansi`` (stdout is not a
+    terminal): ``token[δ]`` plain text, the divergence marked ``>>``."""
+    if not ansi:
+        return " ".join(f"{'>>' if t == divergence else ''}{tok.replace(chr(10), '⏎')}[{d:+.2f}]"
+                        for t, (tok, d) in enumerate(zip(tokens, delta, strict=True)))
     scale = max((abs(d) for d in delta), default=1.0) or 1.0
     out = []
     for t, (tok, d) in enumerate(zip(tokens, delta, strict=True)):
@@ -79,7 +83,7 @@ def colour(tokens: list[str], delta: list[float], divergence: int | None) -> str
     return "".join(out)
 
 
-def plot(result: dict[str, Any], path: str) -> None:
+def plot(result: dict[str, Any], path: str, title: str = "") -> None:
     try:
         import matplotlib
 
@@ -88,13 +92,17 @@ def plot(result: dict[str, Any], path: str) -> None:
     except ImportError as err:
         raise ImportError("--png needs matplotlib (pip install matplotlib)") from err
     delta = result["delta"]
-    fig, ax = plt.subplots(figsize=(max(6, len(delta) * 0.35), 3))
+    fig, ax = plt.subplots(figsize=(max(7, len(delta) * 0.38), 3.8))
     ax.bar(range(len(delta)), delta, color=["tab:red" if d < 0 else "tab:green" for d in delta])
-    ax.set_xticks(range(len(delta)), [t.replace("\n", "\\n") for t in result["tokens"]], fontsize=7)
-    if result["divergence"] is not None:
-        ax.axvline(result["divergence"], color="black", linestyle="--", label="divergence")
-        ax.legend()
-    ax.set_ylabel("δ_t = log π_T − log π_θ")
+    ax.set_xticks(range(len(delta)), [t.replace("\n", "\\n") for t in result["tokens"]], fontsize=7, rotation=60)
+    ax.axhline(0, color="black", lw=0.8)
+    if result["divergence"] is not None:  # between the last shared token and the first differing one
+        ax.axvline(result["divergence"] - 0.5, color="black", linestyle="--", label="divergence from the peer")
+        ax.legend(fontsize=8)
+    ax.set_ylabel(r"$\delta_t = \log \pi_T(y_t) - \log \pi_\theta(y_t)$")
+    ax.set_xlabel("response token")
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -120,11 +128,13 @@ def main(args) -> int:
         print(f"hsd credit: {err}", file=sys.stderr)
         return 2
     if args.png:
-        plot(result, args.png)
+        context = {"peer": args.peer, "answer": args.answer, "reward": args.reward}
+        shown = next((f"{k} {v!r}" for k, v in context.items() if v is not None), "")
+        plot(result, args.png, f"{method}: prompt {args.prompt!r}" + (f"; {shown}" if shown else ""))
     if args.json:
         print(json.dumps(result))
     else:
-        print(colour(result["tokens"], result["delta"], result["divergence"]))
+        print(colour(result["tokens"], result["delta"], result["divergence"], ansi=sys.stdout.isatty()))
         d = result["delta"]
         peak = max(range(len(d)), key=lambda t: abs(d[t]))
         print(f"method {method}: {len(d)} tokens, mean |δ| {sum(map(abs, d)) / len(d):.3f}, "

@@ -41,7 +41,7 @@ class HeldOutResult:
 
 class HeldOutEval:
     def __init__(self, task: Task, model, tokenizer, *, problems: int, sampling: SamplingSettings,
-                 seed: int = 0, batch_problems: int = 32) -> None:
+                 seed: int = 0, batch_problems: int = 128) -> None:
         self.task = task
         self.engine = HFEngine(model, tokenizer)
         self.problems = list(itertools.islice(task.problems("test", seed=seed), problems))

@@ -85,30 +85,67 @@ class _Scorer:
         return out
 
 
+@dataclass
+class Failures:
+    """The student's failed samples on held-out problems, each against the reference chain
+    as its successful peer, and both teachers' credit on them."""
+
+    problems: list[Any]
+    responses: list[list[int]]
+    peers: list[list[int]]
+    divergence: list[int]  # first token where the sample leaves its peer
+    hsd_delta: list[torch.Tensor]  # δ_t of the peer-conditioned teacher (HSD's view)
+    opsd_delta: list[torch.Tensor]  # δ_t of the answer-conditioned teacher (OPSD's view)
+    student_success: list[bool]  # every sample's outcome, failed or not
+
+
+def failures(engine: HFEngine, held_out: list[Any], samples: int) -> Failures:
+    tok = engine.tokenizer
+    scorer = _Scorer(engine.model, tok)
+    task = ChainTask()
+    groups = engine.generate([render_prompt_ids(tok, p.prompt) for p in held_out],
+                             SamplingSettings(n=samples, max_tokens=64))
+    success, failed = [], []
+    for p, group in zip(held_out, groups, strict=True):
+        peer = tok.encode(p.reference, add_special_tokens=False) + [tok.eos_token_id]
+        for c in group:
+            ok = task.score(c.text, p).success
+            success.append(ok)
+            if not ok and c.ids and c.ids != peer:
+                failed.append((p, c.ids, peer))
+    student_views = [student_input(render_prompt_ids(tok, p.prompt), y) for p, y, _ in failed]
+    s_lp = scorer.logprobs(student_views)
+    deltas = []
+    for views in ([hsd_input(tok, p.prompt, y, p.reference) for p, y, _ in failed],
+                  [opsd_input(tok, p.prompt, y, p.answer) for p, y, _ in failed]):
+        deltas.append([token_credit(t, s, torch.ones_like(s, dtype=torch.bool))
+                       for t, s in zip(scorer.logprobs(views), s_lp, strict=True)])
+    return Failures([p for p, _, _ in failed], [y for _, y, _ in failed], [peer for _, _, peer in failed],
+                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success)
+
+
+def credit_by_offset(f: Failures, k: int, offsets: range) -> dict[str, Any]:
+    """Mean |δ_t| of each teacher at each token offset from the divergence, over the failed
+    samples of path length ``k`` (None where no sample reaches that offset)."""
+    rows = [i for i, p in enumerate(f.problems) if p.fields["k"] == k]
+    out: dict[str, Any] = {"k": k, "offsets": list(offsets), "samples": len(rows)}
+    for name, deltas in (("hsd", f.hsd_delta), ("opsd", f.opsd_delta)):
+        at = [[abs(float(deltas[i][f.divergence[i] + o])) for i in rows
+               if 0 <= f.divergence[i] + o < len(deltas[i])] for o in offsets]
+        out[name] = [statistics.fmean(v) if v else None for v in at]
+    return out
+
+
 def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int = 0,
             reviser_path: str | None = None) -> list[Gate]:
     engine = HFEngine.from_pretrained(model_path)
     tok = engine.tokenizer
     scorer = _Scorer(engine.model, tok)
-    eos = [tok.eos_token_id]
     rng = random.Random(seed)
     task = ChainTask()
     held_out = list(itertools.islice(task.problems("test", seed=seed), problems))
-    sampling = SamplingSettings(n=samples, max_tokens=64)
     torch.manual_seed(seed)
-
-    # the student's own samples: failures and the correct chain as their peer
-    student_prompts = [render_prompt_ids(tok, p.prompt) for p in held_out]
-    groups = engine.generate(student_prompts, sampling)
-    student_success = []
-    failed: list[tuple[Any, list[int], list[int]]] = []  # (problem, y, peer ids)
-    for p, group in zip(held_out, groups, strict=True):
-        peer = tok.encode(p.reference, add_special_tokens=False) + eos
-        for c in group:
-            ok = task.score(c.text, p).success
-            student_success.append(ok)
-            if not ok and c.ids and c.ids != peer:
-                failed.append((p, c.ids, peer))
+    f = failures(engine, held_out, samples)
 
     # G1a: reproduce a successful peer
     copies = engine.generate([hsd_input(tok, p.prompt, [], p.reference).ids for p in held_out],
@@ -116,21 +153,18 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     reproduced = [c.text.strip() == p.reference for p, group in zip(held_out, copies, strict=True) for c in group]
 
     # G1b, G2, G3: at the failed samples' divergences
-    hsd_views = [hsd_input(tok, p.prompt, y, p.reference) for p, y, _ in failed]
-    opsd_views = [opsd_input(tok, p.prompt, y, p.answer) for p, y, _ in failed]
-    student_views = [student_input(render_prompt_ids(tok, p.prompt), y) for p, y, _ in failed]
-    d = [divergence_position(y, peer) for _, y, peer in failed]
-    peer_tokens = [peer[i] for (_, _, peer), i in zip(failed, d, strict=True)]
+    d = f.divergence
+    hsd_views = [hsd_input(tok, p.prompt, y, p.reference) for p, y in zip(f.problems, f.responses, strict=True)]
+    student_views = [student_input(render_prompt_ids(tok, p.prompt), y)
+                     for p, y in zip(f.problems, f.responses, strict=True)]
+    peer_tokens = [peer[i] for peer, i in zip(f.peers, d, strict=True)]
     p_teacher = scorer.probabilities_at(hsd_views, d, peer_tokens)
     p_student = scorer.probabilities_at(student_views, d, peer_tokens)
-    s_lp, h_lp, o_lp = (scorer.logprobs(v) for v in (student_views, hsd_views, opsd_views))
-    hsd_delta = [token_credit(h, s, torch.ones_like(s, dtype=torch.bool)) for h, s in zip(h_lp, s_lp, strict=True)]
-    opsd_delta = [token_credit(o, s, torch.ones_like(s, dtype=torch.bool)) for o, s in zip(o_lp, s_lp, strict=True)]
-    masses = [m for delta, i in zip(hsd_delta, d, strict=True) if (m := divergence_mass(delta, i, 2)) is not None]
-    intermediate = [k for k, ((p, y, _), i) in enumerate(zip(failed, d, strict=True))
+    masses = [m for delta, i in zip(f.hsd_delta, d, strict=True) if (m := divergence_mass(delta, i, 2)) is not None]
+    intermediate = [n for n, (p, i) in enumerate(zip(f.problems, d, strict=True))
                     if p.fields["k"] >= 4 and not _at_last_step(tok, p, i)]
-    hsd_at = [abs(float(hsd_delta[k][d[k]])) for k in intermediate]
-    opsd_at = [abs(float(opsd_delta[k][d[k]])) for k in intermediate]
+    hsd_at = [abs(float(f.hsd_delta[n][d[n]])) for n in intermediate]
+    opsd_at = [abs(float(f.opsd_delta[n][d[n]])) for n in intermediate]
 
     # G1c: re-synchronise after a deviated prefix
     resync_prompts, expected = [], []
@@ -140,9 +174,9 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
             continue
         chain = steps(start, functions)
         j = rng.randrange(len(chain) - 1)
-        f, x, y = chain[j]
+        fn, x, y = chain[j]
         wrong = rng.choice([v for v in range(10) if v != y])
-        prefix = render(chain[:j] + [(f, x, wrong)]).split(". ####")[0] + ", "
+        prefix = render(chain[:j] + [(fn, x, wrong)]).split(". ####")[0] + ", "
         resync_prompts.append(hsd_input(tok, p.prompt, tok.encode(prefix, add_special_tokens=False),
                                         p.reference).ids)
         expected.append(f"{functions[j + 1]}{wrong}=")
@@ -160,18 +194,19 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
              0.3, False, f"mean |δ| at {len(intermediate)} intermediate divergences (k ≥ 4)"),
         Gate("G3 HSD mass ±2", _mean(masses), 0.6, True, "share of Σ|δ| within ±2 tokens of the divergence"),
     ]
-    student_accuracy = _mean(student_success)
+    student_accuracy = _mean(f.student_success)
     if reviser_path is None:
         gates.append(Gate("G4 reviser > student", None, 0.0, True,
                           "needs a model after an SRT phase: hsd gates --reviser DIR"))
     else:
         reviser = HFEngine.from_pretrained(reviser_path)
-        contexts = [reviser_context(tok, p.prompt, y, False) for p, y, _ in failed]
+        contexts = [reviser_context(tok, p.prompt, y, False) for p, y in zip(f.problems, f.responses, strict=True)]
         revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=64))
-        accuracy = _mean([task.score(g[0].text, p).success for (p, _, _), g in zip(failed, revised, strict=True)])
+        accuracy = _mean([task.score(g[0].text, p).success for p, g in zip(f.problems, revised, strict=True)])
+        what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − the student's "
+                f"({student_accuracy:.3f})") if accuracy is not None else "the student failed no sample"
         gates.append(Gate("G4 reviser > student", None if accuracy is None else accuracy - student_accuracy,
-                          0.0, True, f"reviser accuracy after a failed attempt ({accuracy}) − the student's "
-                          f"({student_accuracy:.3f})"))
+                          0.0, True, what))
     return gates
 
 

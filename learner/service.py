@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,17 +33,19 @@ import redis
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from core.config import Config, config_hash
+from core.config import Config, config_differences, config_hash, shared_view
 from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
 from learner.batch import build_samples
 from learner.engines import make_trainer
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
+from learner.step_log import StepLog
 from learner.trainer import StepResult
 from methods import make_method
 from methods.base import TrainingSample
 from methods.credit import CreditProfile, credit_profile
+from services.errors import StartupError
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
 from services.transport.streams import Keys, PromptAdmission
 from services.weights.publisher import AsyncPublisher
@@ -58,14 +59,15 @@ log = logging.getLogger(__name__)
 
 class Learner:
     def __init__(self, config: Config, client: redis.Redis, model_path: str, *, resume: bool = False,
-                 registry: CollectorRegistry = REGISTRY, prompts: Any = None) -> None:
+                 force_config: bool = False, registry: CollectorRegistry = REGISTRY, prompts: Any = None) -> None:
         self.config = config
         self.client = client
         self.keys = Keys(config.run.name)
         self.run_dir = Path(config.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.step_log = StepLog(self.run_dir, config.run.steps)
         self.stop_event = threading.Event()
-        resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume)
+        resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume, force_config)
         self.method = make_method(config.algorithm)
         self.step, self.version = 0, 0
         if resume_from:
@@ -83,7 +85,7 @@ class Learner:
         self.prompts = iter(prompts) if prompts is not None else self._task_prompts()
         w = config.weights
         self.weights = WeightServer(
-            w.host, w.port, keep=w.keep_versions, chunk_bytes=w.chunk_bytes, token=w.token,
+            w.host, w.port, keep=w.keep_versions, chunk_bytes=w.chunk_bytes, token=w.token, max_watchers=w.max_watchers,
             tls_cert=w.tls_cert, tls_key=w.tls_key, bulk_port=w.bulk_port if w.bulk else None,
             on_publish=lambda snap, s: (self.weights_metrics.version.set(snap.version),
                                         self.weights_metrics.publish_seconds.set(s)),
@@ -95,6 +97,7 @@ class Learner:
                                                 "divergence_mass": [], "peak_offset": [], "revision_success": []}
         self.trained_groups = 0
         self.trained_samples = 0
+        self.trained_revisions = 0  # srt's second-stage samples in the trained groups
         self.idle_s = 0.0
         self.loop_s = 0.0  # wall time of the training loop (startup and evaluation excluded)
         self.eval_by_step: dict[int, float] = {}
@@ -131,6 +134,7 @@ class Learner:
         self.eval_by_step[self.step] = result.accuracy
         self.eval_details[self.step] = result
         self.metrics.eval_accuracy.set(result.accuracy)
+        self.step_log.evaluation(self.step, result.accuracy, result.accuracy_by_length, result.reference_logprob)
         by_length = " ".join(f"k={k} {a:.3f}" for k, a in result.accuracy_by_length.items())
         reference = "" if result.reference_logprob is None else f"; reference log-prob {result.reference_logprob:.3f}"
         log.info("held-out accuracy at step %d: %.3f%s%s (%d problems x %d samples, %.1fs)", self.step,
@@ -189,7 +193,7 @@ class Learner:
 
     def run(self, steps: int | None = None) -> None:
         target = steps if steps is not None else self.config.run.steps
-        progress = Progress(target)
+        self.step_log.total = target
         every = self.config.learner.eval_every
         self._evaluate()
         while self.step < target and not self.stop_event.is_set():
@@ -199,7 +203,9 @@ class Learner:
             self.idle_s += time.monotonic() - started
             result = self.train(batch) if batch is not None else None
             if result is not None:
-                progress.show(self.step, result, self.history)
+                self.step_log.step(self.step, self.version, result.metrics, seconds=result.seconds,
+                                   samples=sum(len(t.group.samples) for t in batch), tokens=result.tokens,
+                                   staleness=self.history["staleness"][-1])
             self.loop_s += time.monotonic() - started
             self.metrics.idle_fraction.set(self.idle_s / max(self.loop_s, 1e-9))
             if result is not None and every and self.step % every == 0:
@@ -209,7 +215,6 @@ class Learner:
         self.checkpoint()
         self.publisher.flush()
         self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
-        progress.close()
 
     # ------------------------------------------------------------------ one step
 
@@ -235,6 +240,7 @@ class Learner:
         self.unacked.extend(batch)
         self.trained_groups += len(batch)
         self.trained_samples += sum(len(t.group.samples) for t in batch)
+        self.trained_revisions += sum(s.revision is not None for t in batch for s in t.group.samples)
         profiles = self._profiles(samples, result)
         self._observe(batch, result, list(profiles.values()))
         every = self.config.learner.checkpoint_every
@@ -251,7 +257,8 @@ class Learner:
         if self.config.learner.checkpoint_every == 0:
             return
         acked = max((t.entry_id for t in self.unacked), key=_entry_order, default=b"").decode()
-        ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config)),
+        ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config),
+                                                     shared_view(self.config)),
                   self.trainer, self.tokenizer)
         self.replay.commit(self.unacked)
         self.unacked = []
@@ -262,6 +269,10 @@ class Learner:
         self.metrics.step_seconds.observe(result.seconds)
         self.metrics.tokens_per_second.set(result.tokens / max(result.seconds, 1e-9))
         self.metrics.loss.set(m["loss"])
+        self.metrics.grad_norm.set(m["grad_norm"])
+        self.metrics.learning_rate.set(self.config.learner.lr)  # constant: no schedule
+        lengths = [s.ids.size for t in batch for s in t.group.samples]
+        self.metrics.response_tokens.set(statistics.fmean(lengths) if lengths else 0.0)
         self.metrics.importance_ratio.observe(m["rho_mean"])
         self.metrics.is_masked_fraction.set(m["is_masked_fraction"])
         self.metrics.teacher_kl.set(m["teacher_kl"])
@@ -337,7 +348,7 @@ class Learner:
                 "step": _histogram_mean(self.metrics.step_seconds),
                 "publish_blocked": _histogram_mean(self.weights_metrics.publish_blocked_seconds),
                 "publish_lag": _histogram_mean(self.weights_metrics.publish_lag_seconds)},
-            "trained_samples": self.trained_samples,
+            "trained_samples": self.trained_samples, "trained_revisions": self.trained_revisions,
             "eval_accuracy_by_step": {str(k): round(v, 4) for k, v in sorted(self.eval_by_step.items())},
             "eval_by_length_by_step": {str(k): {str(n): round(a, 4) for n, a in r.accuracy_by_length.items()}
                                        for k, r in sorted(self.eval_details.items()) if r.accuracy_by_length},
@@ -347,13 +358,15 @@ class Learner:
         }
 
 
-def load_trainer(config: Config, model_path: str, resume: bool):
+def load_trainer(config: Config, model_path: str, resume: bool, force_config: bool = False):
     """The checkpoint resumed from (or None), model, tokenizer and training engine: the
     same on every rank of a DeepSpeed job."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(config.run.seed)
     resume_from = ckpt.latest(Path(config.run.dir) / "checkpoints") if resume else None
+    if resume_from is not None and not force_config:
+        check_resumable(ckpt.read_meta(resume_from), config, resume_from)
     load_from = str(resume_from / "model") if resume_from else model_path
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
@@ -363,6 +376,17 @@ def load_trainer(config: Config, model_path: str, resume: bool):
     model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, trust_remote_code=remote).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return resume_from, model, tokenizer, make_trainer(model, config, pad)
+
+
+def check_resumable(meta: ckpt.CheckpointMeta, config: Config, path: Path) -> None:
+    """StartupError unless the checkpoint was trained under this run's configuration (its
+    hash: method, group size, learning rate… — not steps, ports or paths)."""
+    if meta.config_hash == config_hash(config):
+        return
+    differences = config_differences(meta.config, config) if meta.config else []
+    raise StartupError(f"--resume: {path} was trained under another configuration ("
+                       + ("; ".join(differences) or f"config hash {meta.config_hash}, now {config_hash(config)}")
+                       + "): resume with the run's own config, start a new run dir, or pass --force-config")
 
 
 def follow(config: Config, model_path: str, resume: bool) -> None:
@@ -379,25 +403,3 @@ def _histogram_mean(histogram: Any) -> float | None:
 def _entry_order(entry_id: bytes) -> tuple[int, int]:
     ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
-
-
-class Progress:
-    """A single updating line on a terminal; a log line per step otherwise."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.tty = sys.stderr.isatty()
-
-    def show(self, step: int, result: StepResult, history: dict[str, list[float]]) -> None:
-        m = result.metrics
-        stale = history["staleness"][-1] if history["staleness"] else 0.0
-        line = (f"step {step}/{self.total} | reward {m['reward_mean']:.3f} | staleness {stale:.2f} | "
-                f"loss {m['loss']:+.4f} | {result.tokens / max(result.seconds, 1e-9):,.0f} tok/s")
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            log.info(line)
-
-    def close(self) -> None:
-        if self.tty:
-            print(file=sys.stderr)

@@ -13,10 +13,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from services.errors import StartupError
+
 TINY = "tiny"  # the shipped model, warm-started on the table chain (learner/models/tiny-chain)
 TINY_ARITH = "tiny-arith"  # warm-started on the arithmetic task on first use, then cached
 TINY_VERSION = "v5"  # bump when the architecture, tokenizer or arithmetic warm start changes
 SHIPPED = Path(__file__).with_name("models") / "tiny-chain"
+# the same warm start with seed 2 (`hsd warm-start --task chain --seed 2`): the comparison's
+# second warm-start seed
+TINY_SEED2 = "tiny-seed2"
+SHIPPED_SEED2 = SHIPPED.with_name("tiny-chain-seed2")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -85,13 +91,22 @@ def cache_dir() -> Path:
 
 def resolve_model(path: str) -> str:
     """A model path or hub id as is; ``tiny``: the shipped model, so that every machine
-    starts from the same weights (rebuilt with ``hsd warm-start --task chain --out DIR``);
+    starts from the same weights (rebuilt with ``hsd warm-start --task chain --out DIR``;
+    ``tiny-seed2``: the same with ``--seed 2``);
     ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
     cached under $HSD_CACHE (a file lock makes concurrent first starts build it once)."""
     if path == TINY:
         return str(SHIPPED)
+    if path == TINY_SEED2:
+        return str(SHIPPED_SEED2)
     if path != TINY_ARITH:
-        return path
+        local = Path(path).expanduser()
+        if local.exists() or path.startswith(("/", ".", "~")):
+            if not (local / "config.json").is_file():
+                raise StartupError(f"model.path: {path!r} is not a model folder (no config.json there); "
+                                   f"give a Hugging Face folder, a hub id, {TINY!r} or {TINY_ARITH!r}")
+            return str(local)
+        return path  # a hub id
     target = cache_dir() / "models" / f"tiny-arith-{TINY_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".tiny-arith-{TINY_VERSION}.lock", "w") as lock:

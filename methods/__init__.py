@@ -22,9 +22,19 @@ def make_method(algo: AlgorithmConfig) -> Method:
     return METHODS[algo.method](algo)
 
 
-def check_config(config: Config) -> None:
-    """ConfigError naming the field when the method refuses the run's settings."""
+def configure(config: Config) -> None:
+    """The method's defaults for the ``[algorithm]`` fields the run did not set (in place),
+    then its checks: ConfigError naming the field when it refuses the run's settings.
+
+    Every process of a run calls this once after parsing its config; a config written out
+    after it (``config.toml`` in the run dir) sets every field, so reading it back changes
+    nothing."""
+    algo = config.algorithm
+    method = METHODS[algo.method]
+    for field, value in method.defaults.items():
+        if field not in algo.model_fields_set:
+            setattr(algo, field, value)
     try:
-        METHODS[config.algorithm.method].check(config.algorithm)
+        method.check(algo)
     except ValueError as err:
         raise ConfigError(f"algorithm.{err}") from None

@@ -6,7 +6,9 @@
     replay    wants_peers               tag every sample with a successful peer
     learner   training_samples(...)     student view, teacher view, outcome advantage A_i
               loss(terms)               the method's loss terms from methods.losses / .credit
-    start     check(algo)               settings the method refuses (ConfigError at start)
+    start     defaults                  algorithm settings the method's paper uses, applied
+                                        where the run leaves a field unset (methods.configure)
+              check(algo)               settings the method refuses (ConfigError at start)
 
 The default implementation is the outcome-advantage policy gradient with an optional
 teacher (``teacher_view``): GRPO uses it as is, HSD / OPSD / SD-Zero add their teacher
@@ -16,7 +18,7 @@ package, registered in :mod:`methods` (``make_method``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -81,6 +83,7 @@ def behaviour_logprobs(logprobs: Any) -> torch.Tensor:
 class Method:
     name: ClassVar[str]
     wants_peers: ClassVar[bool] = False  # the replay buffer tags samples with successful peers
+    defaults: ClassVar[Mapping[str, Any]] = {}  # [algorithm] field -> value, where the run sets none
 
     def __init__(self, algo: AlgorithmConfig) -> None:
         self.check(algo)
@@ -93,8 +96,9 @@ class Method:
     # ------------------------------------------------------------------ actor
 
     def revision_contexts(self, tokenizer: Any, prompt: Any, attempts: Sequence[Sequence[int]],
-                          successes: Sequence[bool]) -> list[list[int]] | None:
-        """Contexts to sample a second continuation from, one per attempt; None: no second stage."""
+                          successes: Sequence[bool]) -> list[list[int] | None] | None:
+        """Contexts to sample a second continuation from, one per attempt (None: that attempt
+        gets none); None: the method has no second stage."""
         return None
 
     # ------------------------------------------------------------------ learner: samples

@@ -4,6 +4,12 @@ reward, distilled back into the student.
 Reviser context of an attempt y with reward r: x, then the assistant turn
 ``y ++ "\\n\\n" ++ P(r) ++ "\\n\\n"`` (the attempt without its trailing stop tokens).
 Teacher view: that context followed by y again; the loss reads the second, complete copy.
+
+Phase 2 of the reference (princeton-pli/Self-Distillation-Zero): the student and the
+frozen teacher both start from the model that ``srt`` (phase 1) trained; the loss is the
+top-64 mixed KL to the teacher (α = 0.5, both sides renormalised over the teacher's top k)
+with no outcome advantage. Those are this method's defaults (``Method.defaults``); a run
+that sets any of these fields keeps its own value.
 """
 
 from __future__ import annotations
@@ -30,12 +36,18 @@ def reviser_context(tokenizer: Any, prompt: str | Messages, attempt: Sequence[in
     The attempt drops its trailing stop tokens (the turn goes on). SD-Zero's teacher reads
     a second copy of y after it; `srt` actors sample the revision from it.
     """
-    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
-    first = list(attempt)
-    while first and first[-1] in stop_ids:
-        first.pop()
+    first = attempt_body(tokenizer, attempt, stop_ids)
     separator = tokenizer.encode("\n\n" + REVISION_PHRASES[bool(success)] + "\n\n", add_special_tokens=False)
     return render_prompt_ids(tokenizer, prompt) + first + list(separator)
+
+
+def attempt_body(tokenizer: Any, attempt: Sequence[int], stop_ids: set[int] | None = None) -> list[int]:
+    """The attempt without its trailing stop tokens (in the reviser context the turn goes on)."""
+    stop_ids = stop_token_ids(tokenizer) if stop_ids is None else stop_ids
+    body = list(attempt)
+    while body and body[-1] in stop_ids:
+        body.pop()
+    return body
 
 
 def sdzero_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], success: bool,
@@ -47,6 +59,7 @@ def sdzero_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int]
 class SDZero(Method):
     name = "sdzero"
     wants_peers = True  # not read by the teacher: the divergence statistics compare teachers
+    defaults = {"loss": "topk", "topk": 64, "topk_alpha": 0.5, "advantage": "none", "teacher": "frozen"}
 
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
         s = group.samples[index]

@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from services.errors import StartupError
+
 Readiness = Callable[[], tuple[bool, str]]
 
 
@@ -42,7 +44,10 @@ class MetricsServer:
             def log_message(self, *args) -> None:  # scrapes every few seconds: not worth a log line
                 pass
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as err:
+            raise StartupError(f"metrics.port: cannot listen on {host}:{port}: {err.strerror or err}") from None
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 

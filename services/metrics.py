@@ -89,6 +89,11 @@ class LearnerMetrics:
         self.reward = Gauge("hsd_learner_reward_mean", "Mean reward of the last batch", registry=registry)
         self.eval_accuracy = Gauge("hsd_learner_eval_accuracy",
                                    "Held-out accuracy at the last evaluation (eval_every)", registry=registry)
+        self.grad_norm = Gauge("hsd_learner_grad_norm", "Gradient norm of the last step, before clipping",
+                               registry=registry)
+        self.learning_rate = Gauge("hsd_learner_learning_rate", "Optimiser learning rate", registry=registry)
+        self.response_tokens = Gauge("hsd_learner_response_tokens_mean",
+                                     "Mean response length (tokens) of the last batch's samples", registry=registry)
 
 
 class CreditMetrics:

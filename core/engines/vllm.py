@@ -51,13 +51,13 @@ def _repack_tied_head(model) -> None:
 
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, *, dtype: str = "float32", trust_remote_code: bool = False,
-                 max_model_len: int = 2048, seed: int = 0) -> None:
+                 max_model_len: int = 2048, gpu_memory_utilization: float = 0.9, seed: int = 0) -> None:
         # the engine core in this process: weights are loaded by reference, not pickled
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
         self.llm = LLM(model=model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                       max_model_len=max_model_len, seed=seed,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
                        # CUDA graphs on a GPU; the CPU backend runs eagerly
                        enforce_eager=not torch.cuda.is_available(),
                        logprobs_mode="processed_logprobs")

@@ -7,8 +7,16 @@ from typing import Any
 
 from core.tasks.base import Problem, Score, Task
 
-__all__ = ["Problem", "Score", "Task", "make_task", "TASK_NAMES"]
+__all__ = ["Problem", "Score", "Task", "make_task", "TASK_NAMES", "check_task_name"]
 TASK_NAMES = ("chain", "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
+
+
+def check_task_name(name: str) -> str:
+    """``name`` if :func:`make_task` knows its form (ValueError otherwise): checked when the
+    config is read, before any process starts."""
+    if name in TASK_NAMES or (name.startswith(("math:", "gym:")) and name.split(":", 1)[1]):
+        return name
+    raise ValueError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
 
 
 class _VerifierOnly(Task):
@@ -61,4 +69,5 @@ def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = F
         from core.tasks.gym import gym_task
 
         return gym_task(name.split(":", 1)[1])
-    raise ValueError(f"unknown task {name!r} (known: {', '.join(TASK_NAMES)})")
+    check_task_name(name)
+    raise AssertionError(f"check_task_name accepted {name!r}, which make_task does not build")

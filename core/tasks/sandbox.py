@@ -4,10 +4,14 @@ Backends, strongest first; the first available is used and named in the log:
 
 - ``bwrap`` (bubblewrap): read-only root, tmpfs /tmp as the work dir, every namespace
   unshared (no network), uid 65534, dies with its parent.
-- ``unshare`` (util-linux, needs root): new mount, network and PID namespaces; the root
-  is remounted read-only, a fresh tmpfs is the only writable place (the work dir), and
-  the program runs as uid 65534 with no capabilities (``setpriv``), so the process cap
-  applies. The namespace's processes all die with its init.
+- ``unshare`` (util-linux, needs root): new mount, network and PID namespaces; the
+  program is chrooted into a root built from an allowlist — ``/usr``, ``/etc``, the
+  ``/bin``, ``/lib``… links and the interpreter's own prefix, bound read-only; fresh
+  tmpfs at ``/tmp`` (the work dir) and ``/dev/shm``, both size-limited (``tmpfs_mb``) and
+  gone with the run; ``/dev`` holds only null, zero, random, urandom — so the host's home
+  dirs, the project's sources and the host's /dev/shm are out of sight. It runs as uid
+  65534 with no capabilities (``setpriv``), so the process cap applies. The namespace's
+  processes all die with its init.
 - ``none``: a plain subprocess with the same rlimits but no isolation — refused unless
   the user explicitly allows unsandboxed code.
 
@@ -115,15 +119,37 @@ class Sandbox:
                     "--clearenv", *py]
         if self.backend == "unshare":
             inner = (
-                f"/usr/bin/mount -t tmpfs -o size={self.limits.tmpfs_mb}m,mode=1777 tmpfs /tmp && "
-                "/usr/bin/mount -o remount,bind,ro / && cd /tmp && "
-                f"exec /usr/bin/env -i /usr/bin/setpriv --reuid={NOBODY} --regid={NOBODY} "
-                "--clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "
+                f"{self._allowlisted_root('/tmp')} && "
+                f"exec /usr/sbin/chroot /tmp /usr/bin/env -i -C /tmp /usr/bin/setpriv --reuid={NOBODY} "
+                f"--regid={NOBODY} --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "
                 + " ".join(py)
             )
             return ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child",
-                    "--mount-proc", "--", "/bin/sh", "-c", inner]
+                    "--mount-proc", "--", "/bin/sh", "-ec", inner]
         return py
+
+    def _allowlisted_root(self, root: str) -> str:
+        """Shell commands (run as root in the new mount namespace) that build the program's
+        root at ``root``: a small tmpfs holding read-only binds of the allowlist, private
+        /tmp and /dev/shm, four device nodes and the namespace's /proc; then the scaffold
+        itself goes read-only."""
+        size = self.limits.tmpfs_mb
+        prefix = os.path.dirname(os.path.dirname(self.python))  # .../bin/python3 -> ...
+        steps = [f"mount -t tmpfs -o size=1m,mode=755 tmpfs {root}"]
+        for path in dict.fromkeys(["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", prefix]):
+            if path != "/usr" and path.startswith("/usr/"):
+                continue  # inside /usr already
+            steps.append(f"if [ -L {path} ]; then ln -s \"$(readlink {path})\" {root}{path}; "
+                         f"elif [ -d {path} ]; then mkdir -p {root}{path} && mount --rbind {path} {root}{path} "
+                         f"&& mount -o remount,bind,ro {root}{path}; fi")
+        steps += [f"mkdir -p {root}/tmp {root}/proc {root}/dev/shm",
+                  f"mount -t tmpfs -o size={size}m,mode=1777 tmpfs {root}/tmp",
+                  f"mount -t tmpfs -o size={size}m,mode=1777 tmpfs {root}/dev/shm",
+                  *(f"touch {root}/dev/{d} && mount --bind /dev/{d} {root}/dev/{d}"
+                    for d in ("null", "zero", "random", "urandom")),
+                  f"mount -t proc proc {root}/proc",
+                  f"mount -o remount,ro {root}"]
+        return " && ".join(steps)
 
     def _rlimits(self) -> list[str]:
         """The limits as a ``prlimit`` prefix, applied by exec, not by Python code run in

@@ -35,9 +35,9 @@ def _load(args: argparse.Namespace, extra: dict[str, Any] | None = None):
     from core.config import load_config
 
     config = load_config(args.config, overrides=args.overrides, extra=extra)
-    from methods import check_config  # after the config parsed: methods bring torch
+    from methods import configure  # after the config parsed: methods bring torch
 
-    check_config(config)
+    configure(config)
     return config
 
 
@@ -46,18 +46,19 @@ def cmd_redis(args: argparse.Namespace) -> int:
     import threading
     from pathlib import Path
 
+    from core.config import masked_url
     from services.transport.redis_server import EmbeddedRedis
 
     config = _load(args)
     if config.redis.url:
-        print(f"[redis] url is set ({config.redis.url}): nothing to start")
+        print(f"[redis] url is set ({masked_url(config.redis.url)}): nothing to start")
         return EXIT_OK
     data_dir = config.redis.data_dir or str(Path(config.run.dir) / "redis")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with EmbeddedRedis(data_dir) as server:
-        print(f"redis {server.url} pid {server.pid} data {server.data_dir}", flush=True)
+        print(f"redis {masked_url(server.url)} pid {server.pid} data {server.data_dir}", flush=True)
         while not stop.is_set() and server.process.poll() is None:
             stop.wait(0.5)
         if server.process.poll() is not None:
@@ -107,15 +108,16 @@ def cmd_actor(args: argparse.Namespace) -> int:
     from core.engines import make_engine
     from core.tasks import make_task
     from learner.tiny_model import resolve_model
-    from services.transport.redis_client import connect
 
     engine = make_engine(config.actor.engine, resolve_model(config.model.path), dtype=config.model.dtype,
-                         trust_remote_code=config.model.trust_remote_code)
+                         trust_remote_code=config.model.trust_remote_code, max_model_len=config.actor.vllm_max_model_len,
+                         gpu_memory_utilization=config.actor.vllm_gpu_memory_utilization)
     task = make_task(config.actor.task, timeout_s=config.actor.verifier_timeout_s,
                      allow_unsandboxed=config.actor.allow_unsandboxed_code)
-    actor = Actor(config, connect(config.redis.url, config.redis.retry_seconds), engine, task,
-                  actor_id=args.actor_id)
+    actor = Actor(config, _redis(config), engine, task, actor_id=args.actor_id)
     metrics = _serve_metrics(config, actor.readiness, args.metrics_file)
+    if metrics:  # so that `hsd top` shows actors that joined after the run started
+        actor.client.hset(actor.keys.actor_metrics, actor.actor_id, metrics.url)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: actor.stop())
     try:
@@ -125,8 +127,15 @@ def cmd_actor(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     finally:
         if metrics:
+            actor.client.hdel(actor.keys.actor_metrics, actor.actor_id)
             metrics.stop()
     return EXIT_OK
+
+
+def _redis(config):
+    from services.transport.redis_client import reachable
+
+    return reachable(config.redis.url, config.redis.retry_seconds)
 
 
 def _serve_metrics(config, ready, metrics_file: str | None):
@@ -156,7 +165,6 @@ def cmd_learner(args: argparse.Namespace) -> int:
     from core.config import to_toml
     from learner.service import Learner, follow
     from learner.tiny_model import resolve_model
-    from services.transport.redis_client import connect
 
     if config.learner.engine == "deepspeed":  # started by torchrun, one process per rank
         from learner.deepspeed_trainer import init_process_group, is_follower
@@ -170,8 +178,8 @@ def cmd_learner(args: argparse.Namespace) -> int:
             follow(config, resolve_model(config.model.path), args.resume)
             return EXIT_OK
     log.info("resolved configuration:\n%s", to_toml(config))
-    learner = Learner(config, connect(config.redis.url, config.redis.retry_seconds),
-                      resolve_model(config.model.path), resume=args.resume).start()
+    learner = Learner(config, _redis(config), resolve_model(config.model.path), resume=args.resume,
+                      force_config=args.force_config).start()
     metrics = _serve_metrics(config, lambda: (True, f"ok: version {learner.version}"), args.metrics_file)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: learner.stop())
@@ -199,18 +207,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["run"] = {"steps": args.steps}
     if args.run_dir:
         extra.setdefault("run", {})["dir"] = args.run_dir
+    if args.resume:
+        if args.config or args.run_dir or args.method:
+            print("hsd run: --resume continues the run with its own config.toml; give only --steps, --actors "
+                  "or --set", file=sys.stderr)
+            return EXIT_USAGE
+        if not (Path(args.resume) / "config.toml").exists():
+            print(f"hsd run: {args.resume} holds no run to resume (no config.toml)", file=sys.stderr)
+            return EXIT_USAGE
+        args.config = str(Path(args.resume) / "config.toml")
+        extra.setdefault("run", {})["dir"] = args.resume
     if args.config is None:
         from core.config import EMBEDDED_CONFIG
 
         args.config = str(EMBEDDED_CONFIG)
     config = _load(args, extra)
     from learner.tiny_model import resolve_model
-    from services.apps.launcher import Launcher, RunDirInUse, ensure_unused, fresh_run_dir
+    from services.apps.launcher import (
+        Launcher,
+        RunDirInUse,
+        RunFailed,
+        ensure_unused,
+        fresh_run_dir,
+    )
 
-    if not args.run_dir and config.run.dir == type(config.run)().dir:
+    if not args.run_dir and not args.resume and config.run.dir == type(config.run)().dir:
         config.run.dir = fresh_run_dir(config.run.name)  # every `hsd run` its own dir
     try:
-        ensure_unused(Path(config.run.dir))
+        if not args.resume:
+            ensure_unused(Path(config.run.dir))
     except RunDirInUse as err:
         print(f"hsd run: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -219,58 +244,118 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    summary = Launcher(config, args.actors, resolve_model(config.model.path)).run()
+    try:
+        summary = Launcher(config, args.actors, resolve_model(config.model.path)).run(resume=bool(args.resume))
+    except RunFailed as err:
+        print(f"hsd run: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
     rewards = summary["reward_mean_by_step"]
     print(json.dumps({k: summary[k] for k in ("steps", "final_version", "method", "groups", "wall_seconds")}))
     if rewards:
         k = max(1, len(rewards) // 4)
         print(f"mean reward: first {k} steps {sum(rewards[:k]) / k:.3f} -> last {k} steps "
               f"{sum(rewards[-k:]) / k:.3f}")
-    if summary["eval_accuracy_by_step"]:
-        print("held-out accuracy: " + " -> ".join(
-            f"step {step} {accuracy:.3f}" for step, accuracy in summary["eval_accuracy_by_step"].items()))
-    print(f"summary in {config.run.dir}/summary.json")
+    evals = summary["eval_accuracy_by_step"]
+    if evals:
+        first, last = evals[min(evals, key=int)], evals[max(evals, key=int)]
+        print("held-out accuracy: " + " -> ".join(f"step {step} {accuracy:.3f}" for step, accuracy in evals.items())
+              + f" ({last - first:+.3f})")
+    from learner.checkpoint import latest
+
+    trained = latest(Path(config.run.dir) / "checkpoints")
+    print(f"summary in {config.run.dir}/summary.json; per-step metrics in {config.run.dir}/metrics.jsonl")
+    if trained is not None:
+        print(f"trained model (a Hugging Face folder): {trained / 'model'}")
+        print(f"next: `hsd credit --model {trained / 'model'} --prompt P --response R --peer Y` to see its credit, "
+              "`hsd compare` to compare the methods (README: Method comparison)")
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    import json
     import time
+    from dataclasses import replace
     from pathlib import Path
 
-    from learner.tiny_model import resolve_model
-    from services.apps.experiment import markdown, run_all
+    from learner.tiny_model import TINY, TINY_SEED2, resolve_model
+    from services.apps.experiment import FALSIFICATION, Protocol, compare, markdown
+    from services.apps.launcher import Launcher
 
     if args.config is None:
         from core.config import EMBEDDED_CONFIG
 
         args.config = str(EMBEDDED_CONFIG)
-    extra: dict[str, Any] = {"run": {"steps": args.steps}} if args.steps else {}
-    config = _load(args, extra)
+    _load(args)  # a bad file or override fails here, before any run
+
+    def make_config(overrides: list[str]):
+        return _load(argparse.Namespace(config=args.config, overrides=[*args.overrides, *overrides]))
+
+    def given(name: str, default):
+        value = getattr(args, name)
+        return default if value is None else value
+
+    base = Protocol(warm_starts=tuple(resolve_model(m) for m in (args.warm_starts or f"{TINY},{TINY_SEED2}").split(",")))
+    if args.quick:
+        base = base.quick()
+    protocol = replace(
+        base, methods=tuple(args.methods.split(",")) if args.methods else base.methods,
+        seeds=given("seeds", base.seeds), steps=given("steps", base.steps),
+        eval_problems=given("eval_problems", base.eval_problems), srt_steps=given("srt_steps", base.srt_steps),
+        lrs=tuple(float(x) for x in args.lrs.split(",")) if args.lrs else base.lrs,
+        actors=given("actors", base.actors), parallel=given("parallel", base.parallel))
+    if "grpo" not in protocol.methods:
+        print("hsd compare: --methods must include grpo (the baseline every difference is taken from)",
+              file=sys.stderr)
+        return EXIT_USAGE
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    results = run_all(config, resolve_model(config.model.path), args.methods.split(","),
-                      list(range(args.seeds)), out, actors=args.actors)
-    print(markdown(results["table"], results["methods"]), end="")
-    for method, a in results["credit_alignment"].items():
-        print(f"{method}: mean |δ| by offset from the divergence {a['offsets'][0]}..{a['offsets'][-1]}: "
-              + " ".join("-" if v is None else f"{v:.2f}" for v in a["abs_delta"]))
-    print(f"results, table and plots in {out}")
+    print(f"comparing {', '.join(protocol.methods)}: {len(protocol.warm_starts)} warm start(s) × {protocol.seeds} "
+          f"seeds × {protocol.steps} steps; output in {out}", flush=True)
+    print(f"the claim is falsified if: {FALSIFICATION}", flush=True)
+    results = compare(make_config, protocol, out,
+                      lambda c: Launcher(c, protocol.actors, resolve_model(c.model.path), show_progress=False).run())
+    print(f"learning rate {results['lr']:g} (GRPO's best of {', '.join(f'{x:g}' for x in protocol.lrs)})")
+    print(markdown(results["analysis"], protocol.methods), end="")
+    print(f"verdict: {json.dumps(results['analysis']['verdict'])}")
+    print(f"results, table and plots in {out} ({results['wall_seconds'] / 60:.1f} min)")
     return EXIT_OK
 
 
 def _compare_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
-    p.add_argument("--methods", default="grpo,opsd,hsd,sdzero", help="comma-separated (default: all four)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
-    p.add_argument("--steps", type=int, help="steps per run (the sample budget is steps × B × G)")
-    p.add_argument("--actors", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="the whole pipeline at its smallest size (1 warm start, 2 seeds, 1 step; for tests)")
+    p.add_argument("--methods", help="comma-separated, grpo included (default grpo,opsd,hsd,sdzero)")
+    p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default tiny,tiny-seed2)")
+    p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")
+    p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
+    p.add_argument("--lrs", help="GRPO's learning rates to sweep (default 3e-5,1e-4,3e-4; one value: no sweep)")
+    p.add_argument("--srt-steps", type=int, help="steps of SD-Zero's SRT phase (default 8)")
+    p.add_argument("--eval-problems", type=int, help="held-out problems per evaluation (default 1024)")
+    p.add_argument("--actors", type=int, help="actors per run (default 2)")
+    p.add_argument("--parallel", type=int, help="runs at a time (default 1; more where cores allow, e.g. a GPU box)")
     p.add_argument("--out", help="output dir (default runs/compare-TIMESTAMP)")
 
 
-def cmd_config(args: argparse.Namespace) -> int:
-    from core.config import config_hash, to_toml
+def _config_cmd_flags(p: argparse.ArgumentParser) -> None:
+    _config_flags(p)
+    p.add_argument("--fields", action="store_true", help="list every field: type, default and meaning")
 
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from core.config import EMBEDDED_CONFIG, config_hash, fields_table, to_toml
+
+    if args.fields:
+        rows = fields_table()
+        width = max(len(r[0]) for r in rows)
+        print(f"# library defaults; `hsd run` without --config starts from {EMBEDDED_CONFIG.name} (`hsd config`)")
+        for path, kind, default, meaning in rows:
+            print(f"{path:<{width}}  {kind} = {default}\n{'':<{width}}  {meaning}")
+        return EXIT_OK
+
+    if args.config is None:  # what `hsd run` would use
+        args.config = str(EMBEDDED_CONFIG)
     config = _load(args)
-    print(f"# config hash {config_hash(config)}")
+    print(f"# {args.config} + environment + --set; config hash {config_hash(config)}")
     print(to_toml(config), end="")
     return EXIT_OK
 
@@ -281,6 +366,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps to train")
     p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
     p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a stopped or killed run in RUN_DIR: its config, Redis data and latest checkpoint")
 
 
 def _metrics_file_flag(p: argparse.ArgumentParser) -> None:
@@ -290,6 +377,8 @@ def _metrics_file_flag(p: argparse.ArgumentParser) -> None:
 def _learner_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--force-config", action="store_true",
+                   help="with --resume: accept a checkpoint trained under another configuration")
     p.add_argument("--steps", type=int, help="train until this many steps are committed")
     _metrics_file_flag(p)
 
@@ -392,6 +481,25 @@ def cmd_gates(args: argparse.Namespace) -> int:
     return EXIT_OK if result["conclusive"] else 1
 
 
+def _plot_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the dir of an hsd run (it reads metrics.jsonl)")
+    p.add_argument("--png", metavar="FILE", help="where the figure goes (default RUN_DIR/curves.png)")
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.apps.plot import plot
+
+    try:
+        out = plot(Path(args.run_dir), Path(args.png or Path(args.run_dir) / "curves.png"))
+    except FileNotFoundError as err:
+        print(f"hsd plot: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"curves in {out}")
+    return EXIT_OK
+
+
 Flags = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
     ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, _run_flags),
@@ -401,10 +509,13 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
     ("credit", "per-token credit of a response against a peer or answer", cmd_credit, _credit_flags),
     ("verify", "score a JSONL file of completions with a task's verifier", cmd_verify, _verify_flags),
     ("top", "live terminal view of a run's metrics", cmd_top, _top_flags),
-    ("config", "print the resolved configuration and its hash", cmd_config, _config_flags),
-    ("compare", "train each method over seeds on the embedded default and compare", cmd_compare, _compare_flags),
+    ("config", "print the resolved configuration and its hash (--fields: every field's meaning)", cmd_config,
+     _config_cmd_flags),
+    ("compare", "the methods paired over warm starts and seeds on the embedded default; paired differences",
+     cmd_compare, _compare_flags),
     ("warm-start", "build and warm-start a tiny model on a task's curriculum", cmd_warm_start, _warm_start_flags),
     ("gates", "check that a warm-started model can support the method comparison", cmd_gates, _gates_flags),
+    ("plot", "a run's curves (reward, held-out accuracy, loss, …) from its dir alone", cmd_plot, _plot_flags),
 ]
 
 
@@ -430,10 +541,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from core.config import ConfigError
+    from services.errors import StartupError
 
     try:
         return args.handler(args)
-    except ConfigError as err:
+    except (ConfigError, StartupError) as err:
         print(f"hsd {args.command}: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

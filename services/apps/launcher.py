@@ -26,13 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, to_toml
+from services.apps.progress import RunProgress
+from services.errors import StartupError
 from services.process import die_with_parent
-from services.transport.redis_client import connect
+from services.transport.redis_client import reachable
 from services.transport.redis_server import ensure_redis
 from services.transport.streams import GENERATED, Keys
 
 log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300
+
+
+class RunFailed(RuntimeError):
+    """A process of the run died after it started (its log says why)."""
 
 
 class RunDirInUse(RuntimeError):
@@ -46,8 +52,8 @@ def fresh_run_dir(name: str) -> str:
 def ensure_unused(run_dir: Path) -> None:
     used = [n for n in ("endpoints.json", "checkpoints", "redis") if (run_dir / n).exists()]
     if used:
-        raise RunDirInUse(f"{run_dir} already holds a run ({', '.join(used)}); give another --run-dir "
-                          "(a run is resumed with `hsd learner --resume`, not `hsd run`)")
+        raise RunDirInUse(f"{run_dir} already holds a run ({', '.join(used)}); give another --run-dir, "
+                          f"or continue it with `hsd run --resume {run_dir}`")
 
 
 @dataclass(frozen=True)
@@ -92,8 +98,10 @@ class Placement:
 
 
 class Launcher:
-    def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None) -> None:
+    def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None,
+                 show_progress: bool = True) -> None:
         self.config = config
+        self.show_progress = show_progress
         self.n_actors = actors
         self.model_path = model_path
         self.placement = placement or Placement.shared(actors)
@@ -104,7 +112,9 @@ class Launcher:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log_file = (self.run_dir / f"{name}.log").open("w")
         role = "learner" if name == "learner" else "actor"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.placement.env(role)}
+        # the Redis URL may hold a password: through the environment, not the command line (ps)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HSD_REDIS__URL": self.url, **self.placement.env(role),
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' loading bars: not in the logs
         # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
         # but never outliving the launcher, even if it is killed with -9
         proc = subprocess.Popen([*self._launcher(role), "-m", "services.apps.cli", *args], stdout=log_file,
@@ -122,22 +132,36 @@ class Launcher:
         return [sys.executable]
 
     def _common(self, name: str) -> list[str]:
-        return ["--config", str(self.run_dir / "config.toml"), "--set", f'redis.url="{self.url}"',
-                "--set", f'run.dir="{self.run_dir}"', "--metrics-file", str(self.run_dir / f"{name}.metrics")]
+        return ["--config", str(self.run_dir / "config.toml"), "--set", f'run.dir="{self.run_dir}"',
+                "--metrics-file", str(self.run_dir / f"{name}.metrics")]
+
+    def _failure(self, name: str, code: int, when: str) -> str:
+        """One line: the process's own one-line error (``hsd ROLE: …``) or the last line of
+        its log, and where the whole log is."""
+        log_path = self.run_dir / f"{name}.log"
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        said = next((line for line in reversed(lines) if line.startswith("hsd ")), None)
+        last = said or (lines[-1] if lines else "(nothing logged)")
+        return f"{name} exited with {code} {when}: {last} (log: {log_path})"
 
     def _wait_file(self, path: Path, proc: subprocess.Popen, name: str) -> str:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not path.exists():
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.run_dir / (name + '.log')}")
+                raise StartupError(self._failure(name, proc.returncode, "while starting"))
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not start in {READY_TIMEOUT_S}s")
             time.sleep(0.1)
         return path.read_text().strip()
 
-    def run(self) -> dict[str, Any]:
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        """Start the run's processes, wait for the learner, stop the actors, summarise.
+        ``resume``: the run dir holds a stopped or killed run — its Redis data is loaded
+        again (streams, pending entries, counters, versions), the learner resumes from its
+        latest checkpoint, and fresh actors join."""
         started = time.monotonic()
-        ensure_unused(self.run_dir)
+        if not resume:
+            ensure_unused(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resolved = self.config.model_copy(deep=True)
         resolved.model.path = self.model_path  # every process loads the same folder
@@ -145,11 +169,12 @@ class Launcher:
         config_file.touch(mode=0o600)  # it may hold the weight-service token
         config_file.write_text(to_toml(resolved, mask_secrets=False))
         self.url, self.server = ensure_redis(self.config.redis.url, self.run_dir / "redis")
-        client = connect(self.url, self.config.redis.retry_seconds)
+        client = reachable(self.url, self.config.redis.retry_seconds)
         keys = Keys(self.config.run.name)
-        client.delete(keys.state, keys.actors)
+        # a resumed run keeps its state (versions, lost ranges, counters); its old actors are gone
+        client.delete(*((keys.actors, keys.actor_metrics) if resume else (keys.state, keys.actors, keys.actor_metrics)))
         try:
-            learner = self._spawn("learner", ["learner", *self._common("learner")])
+            learner = self._spawn("learner", ["learner", *self._common("learner"), *(["--resume"] if resume else [])])
             metrics = {"learner": self._wait_file(self.run_dir / "learner.metrics", learner, "learner")}
             for i in range(self.n_actors):
                 name = f"actor-{i}"
@@ -161,15 +186,30 @@ class Launcher:
             endpoints = {"redis": self.url, "run": self.config.run.name, "weights": weights, "metrics": metrics,
                          "config": str(self.run_dir / "config.toml"),
                          "pids": {name: p.pid for name, p in self.procs.items()}}
-            (self.run_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2))
+            path = self.run_dir / "endpoints.json"
+            path.touch(mode=0o600)  # the Redis URL in it may hold a password (`hsd actor --join` reads it)
+            path.write_text(json.dumps(endpoints, indent=2))
             log.info("run %s up: %s", self.config.run.name, self.run_dir / "endpoints.json")
-            code = learner.wait()
+            code = self._follow(learner)
             if code != 0:
-                raise RuntimeError(f"learner exited with {code}; see {self.run_dir / 'learner.log'}")
+                raise RunFailed(self._failure("learner", code, "during the run"))
             self._stop_actors()
             return self._summary(client, keys, time.monotonic() - started)
         finally:
             self.shutdown()
+
+    def _follow(self, learner: subprocess.Popen) -> int:
+        """Wait for the learner, showing the run's progress on the console if asked."""
+        if not self.show_progress:
+            return learner.wait()
+        progress = RunProgress(self.run_dir, self.config.run.steps)
+        try:
+            while learner.poll() is None:
+                progress.update()
+                time.sleep(1.0)
+        finally:
+            progress.close()
+        return learner.returncode
 
     def _stop_actors(self, timeout: float = 60.0) -> None:
         actors = {n: p for n, p in self.procs.items() if n.startswith("actor-") and p.poll() is None}
@@ -198,6 +238,7 @@ class Launcher:
             "eval_accuracy_by_step": learner["eval_accuracy_by_step"],
             **{key: learner[key] for key in ("eval_by_length_by_step", "eval_reference_logprob_by_step")
                if learner[key]},
+            "samples": {"attempts": learner["trained_samples"], "revisions": learner["trained_revisions"]},
             **({"revision_success_by_step": learner["revision_success_by_step"]}
                if learner["revision_success_by_step"] else {}),
             "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],

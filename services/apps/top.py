@@ -1,16 +1,27 @@
 """``hsd top RUN_DIR [--interval S] [--once]``: a live terminal view of a run, scraped from
-the Prometheus endpoints its endpoints.json lists. Rates come from counter differences
-between two scrapes."""
+the Prometheus endpoints its endpoints.json lists, plus the run dir's ``metrics.jsonl``
+(step N/M, ETA, held-out accuracy). Rates come from counter differences over the last
+``WINDOW_S`` seconds of scrapes. When the run has ended (its summary.json exists) the view
+says so and ``hsd top`` exits."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+import tomllib
 import urllib.request
+from collections import deque
 from pathlib import Path
 
+import redis
 from prometheus_client.parser import text_string_to_metric_families
+
+from core.config import masked_url
+from learner.step_log import FILE, read
+from services.transport.streams import Keys
+
+WINDOW_S = 10.0  # rates over this window of scrapes: one 2-s gap can hold no completed batch
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -56,13 +67,47 @@ def _fmt(x: float | None, spec: str = ".3g") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Samples | None], dt: float) -> str:
+class RunFile:
+    """The run dir's step records, read as they grow: step N/M, ETA, latest held-out."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path, self.offset = Path(run_dir) / FILE, 0
+        self.steps: list[dict] = []
+        self.held_out: dict | None = None
+        try:
+            self.total = tomllib.loads((Path(run_dir) / "config.toml").read_text())["run"]["steps"]
+        except (OSError, KeyError, ValueError):
+            self.total = None
+
+    def line(self) -> str:
+        records, self.offset = read(self.path, self.offset)
+        for r in records:
+            if r.get("kind") == "step":
+                self.steps.append(r)
+            elif r.get("kind") == "eval":
+                self.held_out = r
+        step = self.steps[-1]["step"] if self.steps else 0
+        out = f"progress step {step}/{_fmt(self.total, '.0f')}"
+        if len(self.steps) >= 2 and self.total:
+            recent = self.steps[-10:]
+            per_step = (recent[-1]["time"] - recent[0]["time"]) / max(recent[-1]["step"] - recent[0]["step"], 1)
+            out += f"  ETA {max(self.total - step, 0) * per_step:.0f}s ({per_step:.2f} s/step, last 10)"
+        if self.held_out is not None:
+            out += f"  held-out {self.held_out['accuracy']:.3f} at step {self.held_out['step']}"
+        return out
+
+
+def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Samples | None], dt: float,
+           progress: str = "") -> str:
     def rate(name: str, metric: str) -> float | None:
         a, b = value(now.get(name), metric), value(before.get(name), metric)
         return (a - b) / dt if a is not None and b is not None and dt > 0 else None
 
     learner = now.get("learner")
-    lines = [f"hsd top — run {endpoints['run']}  redis {endpoints['redis']}  weights {endpoints['weights']}", ""]
+    lines = [f"hsd top — run {endpoints['run']}  redis {masked_url(endpoints['redis'])}  "
+             f"weights {endpoints['weights']}", ""]
+    if progress:
+        lines.append(progress)
     lines.append(
         f"learner  step {_fmt(value(learner, 'hsd_learner_step'), '.0f')}  version "
         f"{_fmt(value(learner, 'hsd_learner_policy_version'), '.0f')}  steps/s {_fmt(rate('learner', 'hsd_learner_step'))}"
@@ -100,24 +145,43 @@ def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Sa
     return "\n".join(lines)
 
 
+def _add_joined_actors(endpoints: dict) -> None:
+    """Actors that joined after the run started (`hsd actor --join`) register their metrics
+    URL in Redis; endpoints.json lists only the ones `hsd run` started."""
+    try:
+        joined = redis.Redis.from_url(endpoints["redis"], socket_connect_timeout=2, socket_timeout=2).hgetall(
+            Keys(endpoints["run"]).actor_metrics)
+    except redis.RedisError:
+        return  # the run's Redis is gone: show what endpoints.json knows
+    for name, url in joined.items():
+        endpoints["metrics"].setdefault(name.decode(), url.decode())
+
+
 def main(run_dir: str, interval: float = 2.0, once: bool = False) -> int:
     path = Path(run_dir) / "endpoints.json"
     if not path.exists():
         print(f"hsd top: {path} does not exist (is the run up?)", file=sys.stderr)
         return 2
     endpoints = json.loads(path.read_text())
-    before = {name: scrape(url) for name, url in endpoints["metrics"].items()}
-    t0 = time.monotonic()
+    run = RunFile(Path(run_dir))
+    _add_joined_actors(endpoints)
+    history = deque([(time.monotonic(), {name: scrape(url) for name, url in endpoints["metrics"].items()})])
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
     try:
         while True:
             time.sleep(interval)
             now = {name: scrape(url) for name, url in endpoints["metrics"].items()}
             t1 = time.monotonic()
-            screen = render(endpoints, now, before, t1 - t0)
-            if once:
-                print(screen)
+            while len(history) > 1 and t1 - history[1][0] >= WINDOW_S:
+                history.popleft()
+            t0, before = history[0]
+            history.append((t1, now))
+            screen = render(endpoints, now, before, t1 - t0, run.line())
+            finished = (Path(run_dir) / "summary.json").exists()
+            if finished:
+                screen += f"\n\nthe run has finished: {Path(run_dir) / 'summary.json'}"
+            print(clear + screen, flush=True)
+            if once or finished:
                 return 0
-            print("\033[H\033[2J" + screen, flush=True)
-            before, t0 = now, t1
     except KeyboardInterrupt:
         return 0

@@ -11,28 +11,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
+
+from core.config import masked_url
+from services.errors import StartupError
 
 T = TypeVar("T")
 
 
 class RedisUnavailable(redis.ConnectionError):
     """Redis stayed unreachable for the whole retry window."""
-
-
-def masked(url: str) -> str:
-    """The URL with its password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
 class DeadlineRetry(Retry):
@@ -72,10 +63,21 @@ class DeadlineRetry(Retry):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise RedisUnavailable(
-                        f"Redis at {masked(self.url)} unreachable for {self.seconds:.0f}s "
+                        f"Redis at {masked_url(self.url)} unreachable for {self.seconds:.0f}s "
                         f"({failures} attempts): {error}"
                     ) from error
                 time.sleep(min(self._backoff.compute(failures), remaining))
+
+
+def reachable(url: str, retry_seconds: float = 30.0) -> redis.Redis:
+    """A client for ``url`` that answered a PING (retried for ``retry_seconds``);
+    StartupError naming ``redis.url`` if it did not."""
+    client = connect(url, retry_seconds)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        raise StartupError(f"redis.url: {masked_url(url)} did not answer within {retry_seconds:g}s: {err}") from None
+    return client
 
 
 def connect(url: str, retry_seconds: float = 30.0, **kwargs: Any) -> redis.Redis:

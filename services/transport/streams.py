@@ -8,6 +8,7 @@ Keys of a run::
     hsd:{run}:peers:{id}  list, the peer bank of one prompt
     hsd:{run}:state       hash: version, weights address, config hash, groups generated
     hsd:{run}:actors      hash: actor id -> weight version it generates with
+    hsd:{run}:actor_metrics  hash: actor id -> its /metrics URL (hsd top finds joined actors)
 
 An entry is deleted once it is acknowledged, so a stream holds exactly the work that is
 undelivered or in progress: XLEN is the lag, and nothing that still matters is trimmed.
@@ -60,6 +61,10 @@ class Keys:
     @property
     def actors(self) -> str:
         return f"hsd:{self.run}:actors"
+
+    @property
+    def actor_metrics(self) -> str:
+        return f"hsd:{self.run}:actor_metrics"
 
     def peers(self, prompt_id: str) -> str:
         return f"hsd:{self.run}:peers:{prompt_id}"

@@ -16,7 +16,9 @@ Wire (one request per connection; lengths u32 little-endian)::
 
 Connection lifecycle on the server::
 
-    accept ─► handler thread: TLS handshake? ─► read request ─► auth, version, range checks
+    accept ─┬─ 4 × max_transfers connections already open ─► close at once
+            └─ handler thread: TLS handshake? ─► read request (REQUEST_TIMEOUT_S; garbage or
+               silence ─► close) ─► auth, version, range checks
             ├─ refused: BulkReply{code≠0, reason} ─► close
             ├─ max_transfers already sending: BulkReply{RESOURCE_EXHAUSTED} ─► close
             │    (the client retries with backoff, as after a busy Fetch)
@@ -37,7 +39,9 @@ import threading
 from collections.abc import Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 
+from services.errors import StartupError
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
 from services.weights.snapshot import Snapshot
 
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct("<I")
 MAX_HEADER_BYTES = 64 << 10
 IO_TIMEOUT_S = 60.0  # a peer silent this long is gone
+REQUEST_TIMEOUT_S = 10.0  # a connection that has not sent its request by then is closed
 CONNECT_TIMEOUT_S = 10.0  # a port a firewall drops must not stall a fetch for IO_TIMEOUT_S
 
 
@@ -119,9 +124,15 @@ class BulkServer:
         self._on_bytes_sent = on_bytes_sent
         self._sending = threading.BoundedSemaphore(max_transfers)
         self._max_transfers = max_transfers
+        # connections (each a thread) beyond those sending: waiting for their request or
+        # for RESOURCE_EXHAUSTED; more are closed at once, so idle sockets cannot pile up
+        self._max_connections = 4 * max_transfers
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._listener = socket.create_server((host, port), backlog=64)
+        try:
+            self._listener = socket.create_server((host, port), backlog=64)
+        except OSError as err:
+            raise StartupError(f"weights.bulk_port: cannot listen on {host}:{port}: {err.strerror or err}") from None
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._accept, name="weights-bulk", daemon=True)
 
@@ -145,27 +156,39 @@ class BulkServer:
                 conn, _ = self._listener.accept()
             except OSError:  # the listener was closed: stop
                 return
+            with self._lock:
+                full = len(self._open) >= self._max_connections
+                if not full:
+                    self._open.add(conn)
+            if full:
+                log.info("bulk channel: %d connections open; closing a new one", self._max_connections)
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn,), name="weights-bulk-send", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
         sock = conn
         try:
-            _kernel_timeouts(conn, IO_TIMEOUT_S)
+            _kernel_timeouts(conn, REQUEST_TIMEOUT_S)
             if self._tls:  # the TLS socket takes over conn's descriptor
                 sock = self._tls.wrap_socket(conn, server_side=True)
-            with self._lock:
-                self._open.add(sock)
-            self._answer(sock)
-        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-            # the client sees the short transfer and retries; the server carries on
-            log.info("a bulk transfer ended early: %s", err)
+                with self._lock:
+                    self._open.discard(conn)
+                    self._open.add(sock)
+            req = _recv_message(sock, pb.BulkRequest)
+            _kernel_timeouts(sock, IO_TIMEOUT_S)
+            self._answer(sock, req)
+        except (OSError, ValueError, DecodeError) as err:  # ssl.SSLError is an OSError
+            # the client sees the short transfer and retries; a garbage request is dropped;
+            # the server carries on either way
+            log.info("a bulk connection ended early: %s", err)
         finally:
             with self._lock:
                 self._open.discard(sock)
+                self._open.discard(conn)
             sock.close()
 
-    def _answer(self, sock: socket.socket) -> None:
-        req = _recv_message(sock, pb.BulkRequest)
+    def _answer(self, sock: socket.socket, req: pb.BulkRequest) -> None:
         if self._token is not None and not hmac.compare_digest(req.token.encode(), self._token.encode()):
             reason = "missing bearer token" if not req.token else "wrong bearer token"
             return _send_message(sock, pb.BulkReply(code=grpc.StatusCode.UNAUTHENTICATED.value[0], message=reason))

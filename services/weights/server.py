@@ -8,7 +8,10 @@ Version lifecycle::
                   streaming it keeps its own reference and completes unchanged
 
 Watch streams block on a condition that ``publish`` notifies; they end when the client
-goes away or the server stops. Auth: ``authorization: Bearer <token>`` on every call but
+goes away or the server stops. Each holds one of the server's threads, so the pool has
+``max_watchers`` threads for them beyond the ``max_workers`` that serve GetLatest and
+Fetch: watchers can never starve those calls; a watcher beyond ``max_watchers`` is refused
+with RESOURCE_EXHAUSTED (the actor's follower retries with backoff and still syncs). Auth: ``authorization: Bearer <token>`` on every call but
 the gRPC health service (kubelet probes carry no token). TLS when cert and key are given.
 
 Beside the gRPC port, a bulk channel (``services.weights.bulk``) serves the same snapshots'
@@ -32,6 +35,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.errors import StartupError
 from services.proto_gen.hsd.v1 import weights_pb2 as pb
 from services.weights.bulk import BulkServer, server_tls
 from services.weights.snapshot import Snapshot
@@ -72,6 +76,7 @@ class WeightServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         max_workers: int = 32,
+        max_watchers: int = 256,
         bulk_port: int | None = 0,
         on_publish: Callable[[Snapshot, float], None] | None = None,
         on_bytes_sent: Callable[[int], None] | None = None,
@@ -83,9 +88,11 @@ class WeightServer:
         self._stopping = False
         self._on_publish = on_publish
         self._on_bytes_sent = on_bytes_sent
+        self._max_watchers = max_watchers
+        self._watchers = 0  # under _cond's lock
         interceptors = [_BearerAuth(token)] if token else []
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="weights"),
+            futures.ThreadPoolExecutor(max_workers=max_workers + max_watchers, thread_name_prefix="weights"),
             interceptors=interceptors,
             options=[
                 ("grpc.max_send_message_length", chunk_bytes + (1 << 20)),
@@ -98,14 +105,17 @@ class WeightServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        if tls_cert and tls_key:
-            with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
-                creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-            self.port = self.server.add_secure_port(f"{host}:{port}", creds)
-        else:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        try:
+            if tls_cert and tls_key:
+                with open(tls_key, "rb") as k, open(tls_cert, "rb") as c:
+                    creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+                self.port = self.server.add_secure_port(f"{host}:{port}", creds)
+            else:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind the weight service to {host}:{port}")
+            raise StartupError(f"weights.port: cannot listen on {host}:{port} (in use?)")
         self.host = host
         self.bulk = None if bulk_port is None else BulkServer(
             host, bulk_port, self._lookup, token=token,
@@ -192,18 +202,29 @@ class WeightServer:
         return next(reversed(self._snapshots), -1)
 
     def _watch(self, request, context) -> Iterator[pb.Manifest]:
-        seen = request.after_version
-        while context.is_active():
+        with self._cond:
+            full = self._watchers >= self._max_watchers
+            if not full:
+                self._watchers += 1
+        if full:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self._max_watchers} watchers already; poll GetLatest or retry later")
+        try:
+            seen = request.after_version
+            while context.is_active():
+                with self._cond:
+                    self._cond.wait_for(
+                        lambda seen=seen: self._stopping or self._newest_version() > seen, timeout=1.0
+                    )
+                    if self._stopping:
+                        return
+                    snap = next(reversed(self._snapshots.values()), None)
+                if snap is not None and snap.version > seen:
+                    seen = snap.version
+                    yield snap.manifest
+        finally:
             with self._cond:
-                self._cond.wait_for(
-                    lambda seen=seen: self._stopping or self._newest_version() > seen, timeout=1.0
-                )
-                if self._stopping:
-                    return
-                snap = next(reversed(self._snapshots.values()), None)
-            if snap is not None and snap.version > seen:
-                seen = snap.version
-                yield snap.manifest
+                self._watchers -= 1
 
     def _lookup(self, version: int) -> tuple[Snapshot | None, list[int]]:
         """The snapshot of ``version`` (None if unknown or evicted) and the versions there are."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ DESIGN_METRICS = {
                 "hsd_learner_policy_version", "hsd_learner_step_seconds", "hsd_learner_tokens_per_second",
                 "hsd_learner_loss", "hsd_learner_staleness_versions", "hsd_learner_importance_ratio",
                 "hsd_learner_is_masked_fraction", "hsd_learner_teacher_kl", "hsd_learner_idle_fraction",
+                "hsd_learner_grad_norm", "hsd_learner_learning_rate", "hsd_learner_response_tokens_mean",
                 "hsd_credit_abs_mean", "hsd_credit_divergence_mass", "hsd_credit_peak_offset_tokens",
                 "hsd_credit_silence_fraction", "hsd_weights_version", "hsd_weights_publish_seconds",
                 "hsd_weights_bytes_sent_total"],
@@ -88,10 +90,22 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
             missing = set(DESIGN_METRICS["actor" if role.startswith("actor") else "learner"]) - \
                 exported_names(_scrape(url))
             assert not missing, f"{role} does not export {sorted(missing)}"
+        # an actor that joins the running run registers its metrics URL: `hsd top` finds it
+        joined = subprocess.Popen([sys.executable, "-m", "services.apps.cli", "actor", "--join", str(run_dir),
+                                   "--actor-id", "joined", "--set", "metrics.port=0"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: client.hexists(keys.actor_metrics, "joined") or joined.poll() is not None, 240,
+                   "the joined actor never registered its metrics")
         top = subprocess.run([sys.executable, "-m", "services.apps.cli", "top", str(run_dir), "--once",
                               "--interval", "1"], capture_output=True, text=True, timeout=60)
+        joined.send_signal(signal.SIGTERM)  # it finishes its batch and leaves; its entry goes with it
+        assert joined.wait(timeout=120) == 0
+        assert not client.hexists(keys.actor_metrics, "joined")
         assert top.returncode == 0, top.stderr
         assert "learner  step" in top.stdout and "actor-0" in top.stdout and "actor-1" in top.stdout
+        assert re.search(r"^joined +\d+ ", top.stdout, re.M), top.stdout
+        assert re.search(r"^progress step [1-9]\d*/1000", top.stdout, re.M), top.stdout
+        assert "\033[" not in top.stdout  # no screen control codes into a pipe
         assert "(unreachable)" not in top.stdout
         os.kill(endpoints["pids"]["actor-1"], signal.SIGKILL)
         killed_at = _version(client, keys)
@@ -130,6 +144,15 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
     assert len(credit_lines[0]["tokens"]) == len(credit_lines[0]["delta"])
     for name in ("learner.log", "actor-0.log", "actor-1.log", "config.toml"):
         assert (run_dir / name).exists()
+    # the console: plain progress lines (stdout is a pipe here), the model's folder at the end
+    assert re.search(r"^step \d+/1000 \| \d+s elapsed, ~\d+s left \| [\d.]+ samples/s \| reward", out, re.M), out
+    assert f"trained model (a Hugging Face folder): {run_dir}/checkpoints/step-{steps:06d}/model" in out
+    # every step and evaluation in metrics.jsonl; no progress bar's carriage returns in a log
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, steps + 1))
+    assert {str(r["step"]) for r in records if r["kind"] == "eval"} == set(summary["eval_accuracy_by_step"])
+    assert all("grad_norm" in r and "reward_mean" in r for r in records if r["kind"] == "step")
+    assert not any("\r" in (run_dir / name).read_text() for name in ("learner.log", "actor-0.log"))
     from transformers import AutoModelForCausalLM
 
     # the final checkpoint (taken at the stop) is an HF folder holding the trained weights
@@ -145,33 +168,6 @@ def test_hsd_run_refuses_a_run_dir_that_holds_a_run(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.apps.cli", "run", "--run-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "already holds a run (checkpoints)" in out.stderr
-
-
-@pytest.mark.slow
-def test_srt_run_then_an_sdzero_run_from_its_checkpoint(tmp_path, tiny_model_dir):
-    """SD-Zero's two phases as a user runs them: `srt` gives the model its reviser role,
-    then `sdzero` starts from the srt checkpoint (an ordinary Hugging Face folder)."""
-    common = ["--actors", "1", "--set", "actor.group_size=4", "--set", "model.max_response_tokens=12",
-              "--set", "learner.checkpoint_every=2", "--set", "learner.lr=1e-3", "--set", "learner.batch_groups=2",
-              "--set", "learner.eval_every=0"]
-
-    def run(method: str, model: str, run_dir) -> dict:
-        out = subprocess.run([sys.executable, "-m", "services.apps.cli", "run", "--method", method, "--steps", "3",
-                              "--run-dir", str(run_dir), "--set", f'model.path="{model}"', *common],
-                             capture_output=True, text=True, timeout=400)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return json.loads((run_dir / "summary.json").read_text())
-
-    srt = run("srt", str(tiny_model_dir), tmp_path / "srt")
-    assert srt["method"] == "srt" and srt["final_version"] == 3
-    # every sample came with a scored revision (the untrained model's are all rejected, so
-    # there was nothing to train on: the per-method step test trains on accepted ones)
-    assert len(srt["revision_success_by_step"]) == 3
-    assert all(0.0 <= r <= 1.0 for r in srt["revision_success_by_step"])
-    srt_model = sorted((tmp_path / "srt" / "checkpoints").glob("step-*"))[-1] / "model"
-    sdzero = run("sdzero", str(srt_model), tmp_path / "sdzero")
-    assert sdzero["method"] == "sdzero" and sdzero["final_version"] == 3
-    assert f'path = "{srt_model}"' in (tmp_path / "sdzero" / "config.toml").read_text()
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ def _actor(client, config, tiny_model_dir, registry=None) -> Actor:
                  actor_id="a0", metrics=ActorMetrics(registry or CollectorRegistry()))
 
 
-def test_srt_actor_sends_a_scored_revision_with_every_sample(client, tiny_model_dir, weight_server):
+def test_srt_actor_sends_a_scored_revision_with_every_failed_sample(client, tiny_model_dir, weight_server):
     config = load_config(environ={}, overrides=[*_overrides("srt1", tiny_model_dir), 'algorithm.method="srt"'])
     _announce(client, config, weight_server)
     _admit(client, "srt1", 1)
@@ -82,9 +82,13 @@ def test_srt_actor_sends_a_scored_revision_with_every_sample(client, tiny_model_
                interval_s=0)
     (group,) = _groups(client, "srt1")
     problem = ArithTask().problem(group.prompt_id)
+    assert not all(s.success for s in group.samples), "the untrained model solved every problem"
     for s in group.samples:
         r = s.revision
-        assert r is not None and len(r.ids) == len(r.logprobs) and 1 <= len(r.ids) <= 12
+        assert (r is None) == s.success  # right attempts are not revised (algorithm.srt_revise_correct)
+        if r is None:
+            continue
+        assert len(r.ids) == len(r.logprobs) and 1 <= len(r.ids) <= 12
         assert np.all(np.isfinite(r.logprobs)) and np.all(r.logprobs <= 0)
         assert r.text == actor.tokenizer.decode(r.ids.tolist(), skip_special_tokens=True)
         assert r.success == ArithTask().score(r.text, problem).success and r.reward == float(r.success)

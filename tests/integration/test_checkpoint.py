@@ -79,3 +79,25 @@ def test_a_planted_pickle_is_refused_even_with_forged_digests(saved, tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         ckpt.restore_trainer(second, trainer)
     assert not marker.exists()
+
+
+def test_a_resume_under_another_configuration_is_refused_naming_the_fields(tiny_model_dir, tmp_path):
+    from core.config import config_hash, shared_view
+    from learner.service import load_trainer
+    from services.errors import StartupError
+
+    run = [f'run.dir="{tmp_path}"', 'algorithm.teacher="frozen"']
+    config = load_config(environ={}, overrides=run)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
+    ckpt.save(tmp_path / "checkpoints", ckpt.CheckpointMeta(1, 1, "", config_hash(config), shared_view(config)),
+              trainer, tok)
+    other = load_config(environ={}, overrides=[*run, 'algorithm.method="grpo"', "actor.group_size=4"])
+    with pytest.raises(StartupError, match=r"--resume: .*\(actor\.group_size: 8 → 4; "
+                                           r"algorithm\.method: 'hsd' → 'grpo'\)"):
+        load_trainer(other, str(tiny_model_dir), resume=True)
+    assert load_trainer(other, str(tiny_model_dir), resume=True, force_config=True)[0] is not None  # forced
+    # steps, ports and paths are not the run's identity: those resume
+    same = load_config(environ={}, overrides=[*run, "run.steps=99", "metrics.port=9999"])
+    resumed_from = load_trainer(same, str(tiny_model_dir), resume=True)[0]
+    assert resumed_from == ckpt.latest(tmp_path / "checkpoints")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from core.config import load_config
 from services.metrics import (
     ActorMetrics,
     CreditMetrics,
@@ -78,8 +79,41 @@ def test_gpu_overlay_requests_gpus_and_local_does_not():
                 .get("nvidia.com/gpu") for d in docs if d["kind"] in ("Deployment", "StatefulSet")
                 and d["metadata"]["name"] != "hsd-redis"}
 
-    assert gpus(_build("gpu")) == {"hsd-actor": "1", "hsd-learner": "1"}
+    assert gpus(_build("gpu")) == {"hsd-actor": "1", "hsd-learner": "2"}
     assert set(gpus(_build("local")).values()) == {None}
+
+
+def test_gpu_pods_get_gpu_nodes_the_model_volume_shared_memory_and_a_torchrun_learner():
+    docs = _build("gpu")
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs
+            if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] != "hsd-redis"}
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for name, pod in pods.items():
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and pod["tolerations"], name
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["shm"]["emptyDir"]["medium"] == "Memory", name
+        assert volumes["models"]["persistentVolumeClaim"]["claimName"] in claims, name
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["HF_HOME"]["value"].startswith("/models/") and env["HF_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"]
+        assert {"/dev/shm", "/models"} <= {m["mountPath"] for m in container["volumeMounts"]}, name
+    learner = pods["hsd-learner"]["containers"][0]
+    gpus = int(learner["resources"]["limits"]["nvidia.com/gpu"])
+    assert learner["command"][:4] == ["torchrun", "--standalone", "--nproc_per_node", str(gpus)]
+    config = load_config(ROOT / "deploy" / "k8s" / "overlays" / "gpu" / "hsd.toml", environ={})
+    assert config.learner.engine == "deepspeed" and config.learner.processes == gpus
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_overlay_config_is_valid_and_the_autoscaler_reads_its_run_s_stream(overlay):
+    own = ROOT / "deploy" / "k8s" / "overlays" / overlay / "hsd.toml"
+    config = load_config(own if own.exists() else ROOT / "deploy" / "k8s" / "base" / "hsd.toml", environ={})
+    docs = _build(overlay)
+    for so in (d for d in docs if d["kind"] == "ScaledObject"):
+        assert so["spec"]["triggers"][0]["metadata"]["stream"] == f"hsd:{config.run.name}:prompts"
+        redis_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "hsd-redis")
+        assert any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "keda"
+                   for rule in redis_policy["spec"]["ingress"] for f in rule["from"]), "KEDA cannot reach Redis"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -129,7 +163,7 @@ def test_every_metric_name_in_dashboards_alerts_and_autoscalers_is_exported():
         assert names <= exported, f"{where} uses metrics the code does not export: {sorted(names - exported)}"
     alerts = {r["alert"] for g in _rules(docs)["groups"] for r in g["rules"]}
     assert alerts == {"HsdLearnerStalled", "HsdStaleDropsRising", "HsdDeadLetters", "HsdNoActorsReady",
-                      "HsdWeightSyncSlow"}
+                      "HsdWeightSyncSlow", "HsdRewardCollapse", "HsdHeldOutAccuracyRegressed"}
 
 
 def test_alert_rules_pass_promtool(tmp_path):

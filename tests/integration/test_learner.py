@@ -60,20 +60,23 @@ def test_six_steps_of_each_method_lower_its_objective_on_a_fixed_batch(tiny_mode
     assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_srt_trains_the_accepted_revisions_after_their_reviser_context(tiny_model_dir):
+def test_srt_trains_the_accepted_revisions_in_both_stages(tiny_model_dir):
     config = load_config(environ={}, overrides=['algorithm.method="srt"'])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     groups = real_groups(tiny_model_dir, 2)
     samples = build_samples(tagged(groups), tok, make_method(config.algorithm))
     accepted = [(g, i) for g in groups for i, s in enumerate(g.samples) if s.revision.success]
-    assert len(samples) == len(accepted) == 4  # the revisions of the two wrong attempts per group
-    for sample, (g, i) in zip(samples, accepted, strict=True):
+    assert all(not g.samples[i].success for g, i in accepted)  # only wrong attempts were revised into right ones
+    assert len(accepted) == 4 and len(samples) == 2 * len(accepted)  # stage 2 and stage 1 of each
+    for (revision, generation), (g, i) in zip(zip(samples[::2], samples[1::2], strict=True), accepted, strict=True):
         s = g.samples[i]
         context = reviser_context(tok, g.prompt, s.ids.tolist(), s.success)
-        assert sample.student.ids == context + s.revision.ids.tolist() and sample.student.start == len(context)
-        assert sample.teacher is None and sample.advantage == 0.0
-        assert torch.equal(sample.behaviour, torch.from_numpy(s.revision.logprobs))
-        assert not s.success  # only wrong attempts were revised into right ones here
+        stream = context + s.revision.ids.tolist()
+        assert revision.student.ids == stream and revision.student.start == len(context)
+        assert generation.student.ids == stream and generation.student.start == len(g.prompt_ids)
+        assert all(x.teacher is None and x.advantage == 0.0 for x in (revision, generation))
+        assert torch.equal(revision.behaviour, torch.from_numpy(s.revision.logprobs))
+        assert torch.equal(generation.behaviour[-len(s.revision.ids):], torch.from_numpy(s.revision.logprobs))
     trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
     none_accepted = build_samples(tagged([RolloutGroup(**{**groups[0].__dict__, "samples": tuple(
         Sample(**{**s.__dict__, "revision": None}) for s in groups[0].samples)})]), tok, make_method(config.algorithm))

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from core.codec import decode_group
-from services.transport.redis_client import RedisUnavailable, connect, masked
+from core.config import masked_url
+from services.transport.redis_client import RedisUnavailable, connect
 from services.transport.redis_server import EmbeddedRedis, ensure_redis
 from services.transport.streams import ROLLOUT_FIELD, Keys, publish_group
 from tests.unit.core.records_factory import make_group
@@ -80,7 +81,8 @@ def test_password_url_and_configured_url_start_nothing(tmp_path):
         assert started is None and url == server.url
         assert connect(url).ping()
         assert not (tmp_path / "unused").exists()
-    assert masked("rediss://user:pw@h:6380/0") == "rediss://user:***@h:6380/0"
+    assert masked_url("rediss://user:pw@h:6380/0") == "rediss://user:***@h:6380/0"
+    assert masked_url("redis://:pw@h/0") == "redis://:***@h/0" and masked_url("redis://h:1/0") == "redis://h:1/0"
 
 
 def test_hsd_redis_command_starts_serves_and_stops_by_signal(tmp_path):

@@ -88,6 +88,27 @@ def test_sandbox_escapes_score_zero_with_no_side_effect(name, sandbox, tmp_path,
     assert _no_process_of(65534), "a sandboxed process outlived its run"
 
 
+def test_the_sandbox_sees_no_host_data_and_keeps_no_writes(tmp_path):
+    """Host files (this test's own source, a file in the caller's dir) are out of sight, and
+    what the program writes to /tmp or /dev/shm is gone with the run."""
+    sandbox = make_sandbox(Limits(wall_s=60))
+    if sandbox.backend != "unshare":
+        pytest.skip(f"the {sandbox.backend} backend keeps the host's root visible (read-only)")
+    marker = tmp_path / "host-file"
+    marker.write_text("host")
+    hidden = [str(marker), __file__, *(p for p in ("/var", "/home", "/srv") if os.path.exists(p))]
+    shm = f"/dev/shm/hsd-sandbox-{os.getpid()}"
+    program = (f"import os\n"
+               f"for path in {hidden!r}:\n"
+               f"    assert not os.path.exists(path), path\n"
+               f"open({shm!r}, 'w').write('x')\nopen('/tmp/kept', 'w').write('x')\n"
+               f"print('ran')")
+    result = sandbox.run_python(program)
+    assert result.ok and result.stdout.strip() == b"ran", result
+    assert not os.path.exists(shm)
+    assert sandbox.run_python("import os\nassert not os.listdir('/tmp') and not os.listdir('/dev/shm')").ok
+
+
 def _no_process_of(uid: int, timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,6 +123,27 @@ def test_a_harmless_program_passes():
     verifier = CodeVerifier(make_sandbox(Limits(wall_s=60)))
     assert verifier.verify("def f():\n    return 2",
                            {"test": "def check(g):\n    assert g() == 2", "entry_point": "f"}).success
+    nested = "def f():\n    return {'a': [1, (2.5, None)], 'b': {True, 'x'}}"
+    assert verifier.verify(nested, {"test": "def check(g):\n    assert g()['a'][0] == 1", "entry_point": "f"}).success
+
+
+HACKS = {  # wrong solutions (the right answer is 2) that exit 0 or pass an == test
+    "exit before the tests": "def f():\n    return 3\nimport sys\nsys.exit(0)",
+    "hard exit before the tests": "def f():\n    return 3\nimport os\nos._exit(0)",
+    "exit() builtin": "def f():\n    return 3\nexit()",
+    "an object equal to everything": "class Any:\n    def __eq__(self, other):\n        return True\n"
+                                     "def f():\n    return Any()",
+    "an int subclass equal to everything": "class Int(int):\n    def __eq__(self, other):\n        return True\n"
+                                           "def f():\n    return Int(3)",
+    "exit from inside the test": "def f():\n    import sys\n    sys.exit(0)",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HACKS))
+def test_reward_hacks_score_zero(name):
+    verifier = CodeVerifier(make_sandbox(Limits(wall_s=60)))
+    score = verifier.verify(HACKS[name], {"test": "def check(g):\n    assert g() == 2", "entry_point": "f"})
+    assert score.reward == 0.0 and not score.success and score.error, score
 
 
 def test_hsd_verify_cli_writes_a_line_per_input_and_a_summary(tmp_path, humaneval):

@@ -9,6 +9,7 @@ import socket
 import struct
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import grpc
 import pytest
@@ -22,6 +23,7 @@ from services.weights.client import WeightClient, WeightCorruption, WeightFollow
 from services.weights.server import SERVICE, WeightServer
 from services.weights.snapshot import tensor_bytes
 from tests.integration.tls import make_tls
+from tests.waiting import wait_until
 
 CHUNK = 64 << 10  # small chunks, so every test crosses many chunk boundaries
 
@@ -456,3 +458,69 @@ def _until(predicate, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def test_two_hundred_watchers_leave_get_latest_and_fetch_served(server):
+    """Each Watch holds a server thread; 200 of them (actors on 10 connections) must not
+    starve GetLatest and Fetch, and every one of them sees a new version."""
+    clients = [WeightClient(server.address) for _ in range(10)]
+    streams = [c.watch(-1) for c in clients for _ in range(20)]
+    readers = ThreadPoolExecutor(50)
+    try:
+        server.publish(1, _state(1))
+        firsts = [readers.submit(next, s) for s in streams]
+        _, pending = wait(firsts, timeout=60)
+        assert not pending, f"{len(pending)} of 200 watchers saw no version in 60 s"
+        assert [f.result().version for f in firsts] == [1] * 200
+        probe = WeightClient(server.address)
+        latest = probe.latest(timeout_s=5)
+        assert latest.version == 1
+        _assert_equal(probe.fetch(latest), _state(1))
+    finally:
+        for s in streams:
+            s.cancel()
+        readers.shutdown()
+
+
+def test_a_watcher_beyond_max_watchers_is_refused_and_the_slot_frees_when_one_leaves():
+    with WeightServer(port=0, chunk_bytes=CHUNK, max_watchers=2) as s:
+        client = WeightClient(s.address)
+        held = [client.watch(-1), client.watch(-1)]
+        s.publish(1, _state())
+        assert [next(w).version for w in held] == [1, 1]
+        with pytest.raises(grpc.RpcError) as info:
+            next(client.watch(-1))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 watchers" in info.value.details()
+        held.pop().cancel()
+        wait_until(lambda: _watch_once(client), 30, "a freed watcher slot was not given back")
+        held[0].cancel()
+
+
+def _watch_once(client: WeightClient) -> bool:
+    stream = client.watch(-1)
+    try:
+        return next(stream).version == 1
+    except grpc.RpcError:
+        return False
+    finally:
+        stream.cancel()
+
+
+def test_bulk_garbage_is_dropped_and_idle_connections_are_capped(caplog):
+    with WeightServer(port=0, chunk_bytes=CHUNK, max_workers=1) as s:  # bulk: 4 connections open at most
+        s.publish(1, _state(5))
+        with socket.create_connection(("127.0.0.1", s.bulk.port)) as garbage:
+            garbage.sendall(struct.pack("<I", 12) + b"\xff" * 12)  # a length, then no protobuf
+            garbage.settimeout(10)
+            assert garbage.recv(1) == b""  # closed, nothing answered
+        assert _bulk_range(s, 1, 0, 100)  # and the channel serves on
+        idle = [socket.create_connection(("127.0.0.1", s.bulk.port)) for _ in range(4)]
+        try:
+            extra = socket.create_connection(("127.0.0.1", s.bulk.port))
+            extra.settimeout(10)
+            assert extra.recv(1) == b"", "a fifth connection was kept beside four idle ones"
+            extra.close()
+        finally:
+            for sock in idle:
+                sock.close()
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"

@@ -17,6 +17,19 @@ def test_defaults_validate_without_a_file():
     assert config.algorithm.method == "hsd"
 
 
+@pytest.mark.parametrize("task", ["nonsense", "gym:", "math:"])
+def test_an_unknown_task_fails_when_the_config_is_read(task):
+    with pytest.raises(ConfigError, match=r"actor\.task: .*unknown task"):
+        load_config(environ={}, overrides=[f'actor.task="{task}"'])
+    assert load_config(environ={}, overrides=['actor.task="gym:chain_sum"']).actor.task == "gym:chain_sum"
+
+
+def test_a_single_underscore_after_a_section_is_refused_not_ignored():
+    with pytest.raises(ConfigError, match=r"HSD_LEARNER_LR: .*two underscores \(HSD_LEARNER__LR\)"):
+        load_config(environ={"HSD_LEARNER_LR": "3e-5"})
+    assert load_config(environ={"HSD_CACHE": "/tmp/x", "HSD_RUNNER": "y"}).learner.lr > 0  # not config
+
+
 def test_precedence_file_then_env_then_flags(tmp_path):
     path = _write(tmp_path, "[learner]\nlr = 1e-4\nbatch_groups = 2\n[actor]\ngroup_size = 4\n")
     env = {"HSD_LEARNER__LR": "3e-5", "HSD_ACTOR__GROUP_SIZE": "6", "HSD_UNRELATED": "x"}

@@ -8,8 +8,8 @@ import typing
 import pytest
 import torch
 
-from core.config import AlgorithmConfig, Config, ConfigError
-from methods import METHODS, check_config, make_method
+from core.config import AlgorithmConfig, Config, ConfigError, load_config, to_toml
+from methods import METHODS, configure, make_method
 from methods.base import LossTerms
 
 B, T, V = 2, 3, 5
@@ -23,8 +23,8 @@ def test_every_configurable_method_is_registered_and_named_alike():
 
 def test_grpo_refuses_an_advantage_that_leaves_no_signal():
     with pytest.raises(ConfigError, match=r"^algorithm\.advantage: method grpo"):
-        check_config(Config(algorithm=AlgorithmConfig(method="grpo", advantage="none")))
-    check_config(Config(algorithm=AlgorithmConfig(method="hsd", advantage="none")))  # the teacher is the signal
+        configure(Config(algorithm=AlgorithmConfig(method="grpo", advantage="none")))
+    configure(Config(algorithm=AlgorithmConfig(method="hsd", advantage="none")))  # the teacher is the signal
     with pytest.raises(ValueError):
         make_method(AlgorithmConfig(method="grpo", advantage="none"))
 
@@ -105,8 +105,20 @@ def test_only_srt_has_an_actor_side_stage(tokenizer):
     for name, cls in METHODS.items():
         contexts = cls(AlgorithmConfig(method=name)).revision_contexts(tokenizer, "2+2?", attempts, successes)
         assert (contexts is not None) == (name == "srt"), name
-    from methods.sdzero import reviser_context
 
-    srt = METHODS["srt"](AlgorithmConfig(method="srt"))
-    assert srt.revision_contexts(tokenizer, "2+2?", attempts, successes) == \
-        [reviser_context(tokenizer, "2+2?", a, s) for a, s in zip(attempts, successes, strict=True)]
+
+def test_sdzero_takes_the_reference_phase_2_settings_where_the_run_sets_none(tmp_path):
+    config = load_config(environ={}, overrides=['algorithm.method="sdzero"', "algorithm.topk_alpha=0.25"])
+    configure(config)
+    a = config.algorithm
+    assert (a.loss, a.topk, a.advantage, a.teacher) == ("topk", 64, "none", "frozen")
+    assert a.topk_alpha == 0.25  # set by the run: kept
+    hsd = load_config(environ={}, overrides=['algorithm.method="hsd"'])
+    configure(hsd)
+    assert (hsd.algorithm.loss, hsd.algorithm.advantage, hsd.algorithm.teacher) == ("sampled", "grpo", "current")
+    # what a run writes out (config.toml) and its processes read back is already resolved
+    path = tmp_path / "config.toml"
+    path.write_text(to_toml(config))
+    again = load_config(path, environ={})
+    configure(again)
+    assert again.algorithm == a

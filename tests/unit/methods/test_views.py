@@ -9,7 +9,7 @@ import torch
 
 from core.config import AlgorithmConfig
 from core.prompts import render_prompt_ids
-from core.records import Sample
+from core.records import Revision, Sample
 from core.views import VocabularyMismatch, assert_shared_vocabulary, student_input
 from learner.logprobs import score_responses
 from methods import METHODS as REGISTRY
@@ -175,3 +175,58 @@ def test_vocabulary_equality_is_asserted(tokenizer):
     other.add_tokens(["<extra>"])
     with pytest.raises(VocabularyMismatch, match="1 only in the teacher"):
         assert_shared_vocabulary(tokenizer, other)
+
+
+def _srt_group(response, revision_ids, *, attempt_ok, revision_ok):
+    """One attempt (``response``, its μ = −0.1·(t+1)) with one scored revision (μ = −0.5)."""
+    rev = Revision(np.asarray(revision_ids, np.int32), np.full(len(revision_ids), -0.5, np.float32),
+                   float(revision_ok), revision_ok, "rev")
+    attempt = Sample(np.asarray(response, np.int32), -0.1 * np.arange(1, len(response) + 1, dtype=np.float32),
+                     float(attempt_ok), attempt_ok, "stop", "attempt", rev)
+    return make_group(prompt=PROMPT, samples=(attempt,))
+
+
+def test_srt_stages_are_built_token_by_token_from_a_wrong_attempt_and_its_accepted_revision(tokenizer, response):
+    """Stage 1: x → y_init ++ P_r ++ y_rev; stage 2: x ++ y_init ++ P_r → y_rev (the
+    reference's prepare_data.py), the attempt without its trailing EOS, the phrase for r = 0."""
+    revision = tokenizer.encode("7*3=21, 12+21=33. #### 33", add_special_tokens=False) + [tokenizer.eos_token_id]
+    samples = REGISTRY["srt"](AlgorithmConfig(method="srt")).training_samples(
+        _srt_group(response, revision, attempt_ok=False, revision_ok=True), [PeerTag(PeerSource.NONE)], tokenizer)
+    x = _template_ids(tokenizer, PROMPT)
+    phrase = tokenizer.encode("\n\nWait, this response is wrong. Let me correct it.\n\n", add_special_tokens=False)
+    stream = response[:-1] + phrase + revision
+    stage2, stage1 = (s.student for s in samples)
+    assert (stage1.ids, stage1.start, stage1.length) == (x + stream, len(x), len(stream))
+    assert (stage2.ids, stage2.start, stage2.length) == (x + stream, len(x + response[:-1] + phrase), len(revision))
+    # μ: the attempt's as sampled (its EOS dropped with it), the forced phrase log μ = 0, the revision's
+    mu = [-0.1 * (t + 1) for t in range(len(response) - 1)] + [0.0] * len(phrase) + [-0.5] * len(revision)
+    torch.testing.assert_close(samples[1].behaviour, torch.tensor(mu))
+    torch.testing.assert_close(samples[0].behaviour, torch.full((len(revision),), -0.5))
+    assert all(s.teacher is None and s.advantage == 0.0 for s in samples)
+
+
+@pytest.mark.parametrize(("attempt_ok", "revision_ok", "revise_correct", "stages"), [
+    (False, False, False, 0),  # a revision the verifier refused trains nothing
+    (True, True, False, 0),  # a right attempt is not revised by default
+    (True, True, True, 1),  # with srt_revise_correct: stage 2 only (stage 1 is for mistakes)
+    (False, True, True, 2),
+])
+def test_srt_trains_which_revisions(tokenizer, response, attempt_ok, revision_ok, revise_correct, stages):
+    srt = REGISTRY["srt"](AlgorithmConfig(method="srt", srt_revise_correct=revise_correct))
+    group = _srt_group(response, [5, 6, tokenizer.eos_token_id], attempt_ok=attempt_ok, revision_ok=revision_ok)
+    samples = srt.training_samples(group, [PeerTag(PeerSource.NONE)], tokenizer)
+    assert len(samples) == stages
+    if stages == 1:
+        assert samples[0].student.ids[-3:] == [5, 6, tokenizer.eos_token_id] and samples[0].student.length == 3
+        assert REVISION_PHRASES[True] in tokenizer.decode(samples[0].student.ids)
+
+
+def test_srt_actors_revise_wrong_attempts_unless_asked_for_right_ones_too(tokenizer):
+    from methods.sdzero import reviser_context
+
+    attempts, successes = [[40, 41], [42]], [False, True]
+    default = REGISTRY["srt"](AlgorithmConfig(method="srt")).revision_contexts(tokenizer, PROMPT, attempts, successes)
+    assert default == [reviser_context(tokenizer, PROMPT, [40, 41], False), None]
+    both = REGISTRY["srt"](AlgorithmConfig(method="srt", srt_revise_correct=True))
+    assert both.revision_contexts(tokenizer, PROMPT, attempts, successes) == \
+        [reviser_context(tokenizer, PROMPT, a, s) for a, s in zip(attempts, successes, strict=True)]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -44,4 +45,18 @@ def test_a_method_refusing_its_settings_exits_2_naming_the_field(capsys):
 def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):
     monkeypatch.setenv("HSD_LEARNER__LR", "0.00042")
     assert main(["config"]) == 0
-    assert "lr = 0.00042" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lr = 0.00042" in out
+    # without --config: the embedded default `hsd run` uses, not the library defaults
+    assert 'name = "embedded"' in out and 'task = "chain"' in out and "embedded.toml" in out.splitlines()[0]
+
+
+def test_config_fields_lists_every_field_with_its_type_default_and_meaning(capsys):
+    from core.config import Config
+
+    assert main(["config", "--fields"]) == 0
+    out = capsys.readouterr().out
+    paths = [f"{s}.{k}" for s, f in Config.model_fields.items() for k in f.annotation.model_fields]
+    assert len(paths) > 80 and all(f"\n{p} " in out for p in paths)
+    assert re.search(r'^algorithm\.method +grpo\|hsd\|sdzero\|opsd\|srt = "hsd"$', out, re.M)
+    assert all(f.description for s in Config.model_fields.values() for f in s.annotation.model_fields.values())

@@ -1,38 +1,116 @@
-"""The comparison's aggregation: accuracy table over seeds and credit aligned at divergence."""
+"""The comparison's statistics and analysis against independent computations: Student's t
+quantiles from published tables, paired differences by numpy, the pre-stated verdict."""
 
 from __future__ import annotations
 
-import json
-
+import numpy as np
 import pytest
 
-from services.apps.experiment import OFFSETS, credit_alignment, markdown, table
+from services.apps.experiment import (
+    Paired,
+    RunResult,
+    analyse,
+    markdown,
+    paired,
+    t_quantile,
+    verdict,
+)
 
 
-def test_table_gives_mean_and_population_std_per_budget():
-    runs = [{"method": "hsd", "seed": s, "accuracy_by_samples": {0: 0.2, 1280: a}} for s, a in enumerate([0.3, 0.5])]
-    runs.append({"method": "grpo", "seed": 0, "accuracy_by_samples": {0: 0.2, 1280: 0.25}})
-    t = table(runs, ["grpo", "hsd"])
-    assert t["hsd"][1280] == pytest.approx((0.4, 0.1)) and t["hsd"][0] == pytest.approx((0.2, 0.0))
-    assert t["grpo"][1280] == pytest.approx((0.25, 0.0))
-    text = markdown(t, ["grpo", "hsd"])
-    assert "| hsd | 0.200 ± 0.000 | 0.400 ± 0.100 |" in text and "1280 samples" in text
+@pytest.mark.parametrize(("p", "df", "expected"), [
+    (0.975, 1, 12.7062), (0.975, 4, 2.7764), (0.975, 9, 2.2622), (0.975, 30, 2.0423), (0.95, 9, 1.8331),
+    (0.5, 5, 0.0)])
+def test_t_quantile_matches_the_published_table(p, df, expected):
+    assert t_quantile(p, df) == pytest.approx(expected, abs=2e-4)
 
 
-def test_credit_alignment_averages_failed_samples_around_their_divergence(tmp_path):
-    lines = [
-        {"reward": 0.0, "divergence": 3, "delta": [0.1, 0.1, 0.1, -2.0, 0.5]},  # failed: counted
-        {"reward": 0.0, "divergence": 1, "delta": [0.3, -1.0, 0.2]},  # failed: counted
-        {"reward": 1.0, "divergence": 2, "delta": [9.0, 9.0, 9.0]},  # succeeded: not counted
-        {"reward": 0.0, "divergence": None, "delta": [9.0]},  # no peer: not counted
-    ]
-    (tmp_path / "credit.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    (tmp_path / "grpo").mkdir()
-    (tmp_path / "grpo" / "credit.jsonl").write_text("")  # no teacher: nothing is logged
-    result = credit_alignment([{"method": "hsd", "dir": str(tmp_path)}, {"method": "grpo", "dir": str(tmp_path / "grpo")},
-                               {"method": "grpo", "dir": str(tmp_path / "none")}])
-    assert set(result) == {"hsd"}  # grpo's log is empty or absent
-    a = dict(zip(result["hsd"]["offsets"], result["hsd"]["abs_delta"], strict=True))
-    assert result["hsd"]["samples"] == 2 and result["hsd"]["offsets"] == list(OFFSETS)
-    assert a[0] == pytest.approx(1.5) and a[-1] == pytest.approx(0.2) and a[1] == pytest.approx(0.35)
-    assert a[-3] == pytest.approx(0.1) and a[-4] is None and a[2] is None
+def test_paired_difference_mean_se_and_interval_by_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.random(10)
+    b = a + 0.05 + 0.02 * rng.standard_normal(10)
+    d = b - a
+    got = paired(list(a), list(b))
+    se = d.std(ddof=1) / np.sqrt(10)
+    assert got.n == 10 and got.mean == pytest.approx(d.mean()) and got.se == pytest.approx(se)
+    assert (got.low, got.high) == pytest.approx((d.mean() - 2.2622 * se, d.mean() + 2.2622 * se), abs=1e-5)
+    assert paired([0.1], [0.2]) is None  # one pair: no spread to estimate
+
+
+def _run(method: str, ws: int, seed: int, final: float, k6: float, k1: float = 0.9) -> RunResult:
+    return RunResult(name=f"{method}-{ws}-{seed}", method=method, warm_start=ws, seed=seed, lr=1e-4, dir="",
+                     samples_before=0, samples_per_step=128, accuracy_by_step={0: 0.5, 12: final},
+                     accuracy_by_length={1: k1, 6: k6}, reference_logprob=-0.1 - final, wall_seconds=1.0)
+
+
+def test_analysis_pairs_runs_by_warm_start_and_seed():
+    runs = []
+    for ws in range(2):
+        for seed in range(3):
+            base = 0.6 + 0.1 * ws + 0.01 * seed  # pair effects the pairing must cancel
+            runs += [_run("grpo", ws, seed, base, base - 0.1), _run("hsd", ws, seed, base + 0.03 + 0.001 * seed,
+                                                                     base - 0.05),
+                     _run("opsd", ws, seed, base + 0.01, base - 0.09)]
+    runs.append(_run("hsd", 5, 0, 0.99, 0.99))  # no partner: left out
+    a = analyse(runs, ["grpo", "opsd", "hsd"])
+    assert a["pairs"] == 6
+    diff = a["differences"]["hsd − grpo"]["final"]
+    assert diff["mean"] == pytest.approx(0.031) and diff["n"] == 6
+    assert diff["se"] == pytest.approx(np.std([0.03 + 0.001 * s for s in range(3)] * 2, ddof=1) / np.sqrt(6))
+    assert a["differences"]["hsd − opsd"]["k=6"]["mean"] == pytest.approx(0.04)
+    assert a["table"]["grpo"]["final"][0] == pytest.approx(np.mean([0.6 + 0.1 * w + 0.01 * s
+                                                                     for w in range(2) for s in range(3)]))
+    assert a["verdict"]["hsd_opsd_gap_grows_with_k"] is True  # 0.04 at k = 6, 0 at k = 1
+    text = markdown(a, ["grpo", "opsd", "hsd"])
+    hsd = np.array([r.final for r in runs[:-1] if r.method == "hsd"])
+    assert f"| hsd | {hsd.mean():.3f} ± {hsd.std(ddof=1) / np.sqrt(6):.3f} |" in text
+    assert "hsd − grpo: held-out (all k): +0.031 ± 0.000" in text
+
+
+def _d(mean: float, se: float) -> dict:
+    return {"n": 10, "mean": mean, "se": se, "low": mean - 2 * se, "high": mean + 2 * se}
+
+
+@pytest.mark.parametrize(("k4", "k6", "gap1", "gap6", "survives"), [
+    ((0.05, 0.01), (0.06, 0.02), 0.0, 0.04, True),
+    ((0.05, 0.03), (0.06, 0.02), 0.0, 0.04, False),  # k = 4 within 2 SE
+    ((0.05, 0.01), (0.06, 0.02), 0.05, 0.04, False),  # the gap does not grow with k
+])
+def test_verdict_applies_the_stated_falsification(k4, k6, gap1, gap6, survives):
+    differences = {"hsd − grpo": {"k=4": _d(*k4), "k=6": _d(*k6)},
+                   "hsd − opsd": {"k=1": _d(gap1, 0.01), "k=6": _d(gap6, 0.01)}}
+    assert verdict(differences)["claim_survives"] is survives
+
+
+def test_paired_text_names_the_interval():
+    assert Paired(10, 0.031, 0.01, 0.008, 0.054).text() == "+0.031 ± 0.010 (95% CI +0.008 … +0.054, n = 10)"
+
+
+def test_the_sweep_picks_grpo_s_best_mean_lr_and_the_grid_pairs_every_method(tmp_path):
+    """The protocol's orchestration with the run itself stubbed by a function of the config
+    (the real `hsd run` path is exercised by tests/e2e/test_compare.py)."""
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    ran = []
+
+    def run(c):
+        ran.append((c.algorithm.method, c.learner.lr, c.run.seed, c.model.path))
+        final = {3e-5: 0.6, 1e-4: 0.7, 3e-4: 0.65}[c.learner.lr] + 0.01 * c.run.seed
+        return {"eval_accuracy_by_step": {"0": 0.5, "12": final}}
+
+    p = Protocol(warm_starts=("ws-a", "ws-b"), methods=("grpo", "hsd"), seeds=2, sweep_seeds=(100, 101))
+    e = Experiment(make_config, p, tmp_path, run)
+    lr, sweep = e.sweep()
+    assert lr == 1e-4 and len(sweep) == 6 and {r.seed for r in sweep} == {100, 101}
+    assert all(m == "grpo" and path == "ws-a" for m, _, _, path in ran)
+    runs = e.grid(lr, srt=[])
+    assert sorted((r.method, r.warm_start, r.seed) for r in runs) == \
+        sorted((m, w, s) for m in ("grpo", "hsd") for w in (0, 1) for s in (0, 1))
+    assert {(m, path) for m, lr_, _, path in ran[6:]} == {(m, w) for m in ("grpo", "hsd") for w in ("ws-a", "ws-b")}
+    assert all(lr_ == 1e-4 for _, lr_, _, _ in ran[6:])

@@ -1,0 +1,69 @@
+"""The learner's per-step record: ``metrics.jsonl`` in the run dir, one JSON object a line,
+appended as the run goes, so that a run's curves can be read from its dir alone (the
+console view of `hsd run`, `hsd compare`, a notebook) without Prometheus.
+
+Lines::
+
+    {"kind": "step", "step", "version", "time", "seconds", "samples", "tokens_per_second",
+     "reward_mean", "loss", "grad_norm", "staleness", "teacher_kl", "rho_mean", ...}
+    {"kind": "eval", "step", "time", "accuracy", "accuracy_by_length", "reference_logprob"}
+
+A reader may see the last line half written: it skips a line that does not parse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+FILE = "metrics.jsonl"
+
+
+class StepLog:
+    def __init__(self, run_dir: Path, total_steps: int) -> None:
+        self.path = Path(run_dir) / FILE
+        self.total = total_steps
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def step(self, step: int, version: int, metrics: dict[str, float], *, seconds: float, samples: int,
+             tokens: int, staleness: float) -> None:
+        record = {"kind": "step", "step": step, "version": version, "time": time.time(), "seconds": seconds,
+                  "samples": samples, "tokens_per_second": tokens / max(seconds, 1e-9), "staleness": staleness,
+                  **metrics}
+        self._append(record)
+        log.info("step %d/%d | reward %.3f | staleness %.2f | loss %+.4f | %s tok/s", step, self.total,
+                 metrics["reward_mean"], staleness, metrics["loss"], f"{record['tokens_per_second']:,.0f}")
+
+    def evaluation(self, step: int, accuracy: float, by_length: dict[int, float],
+                   reference_logprob: float | None) -> None:
+        self._append({"kind": "eval", "step": step, "time": time.time(), "accuracy": accuracy,
+                      "accuracy_by_length": {str(k): v for k, v in by_length.items()},
+                      "reference_logprob": reference_logprob})
+
+
+def read(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines from byte ``offset`` on, and the offset after the last of them."""
+    try:
+        with Path(path).open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    records, used = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # half written: read again next time
+        used += len(line)
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records, offset + used

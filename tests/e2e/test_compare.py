@@ -1,0 +1,59 @@
+"""`hsd compare --quick`: the whole protocol as a user runs it, at its smallest size — SD-Zero's
+SRT phase, then sdzero from its checkpoint with the reference's phase-2 settings, GRPO
+paired with it over two seeds, the mechanism measurement, the analysis and its files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from services.apps.experiment import OFFSETS
+
+
+@pytest.mark.slow
+def test_quick_compare_runs_srt_then_sdzero_paired_with_grpo(tmp_path):
+    out = tmp_path / "compare"
+    done = subprocess.run([sys.executable, "-m", "services.apps.cli", "compare", "--quick", "--out", str(out),
+                           "--set", "learner.batch_groups=2", "--set", "actor.group_size=4"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the claim is falsified if" in done.stdout and "verdict:" in done.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["seeds"] == 2 and results["sweep"] == []  # one lr: nothing to sweep
+
+    (srt,) = results["srt"]
+    assert srt["method"] == "srt" and srt["samples"]["attempts"] == 8  # 1 step × 2 groups × 4
+    srt_model = sorted(Path(srt["dir"], "checkpoints").glob("step-*"))[-1] / "model"
+    g4 = {g["name"]: g for g in results["srt_gates"][0]["gates"]}["G4 reviser > student"]
+    assert g4["value"] is not None  # measured on the SRT model's own failed attempts
+
+    runs = results["runs"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == [("grpo", 0), ("grpo", 1), ("sdzero", 0), ("sdzero", 1)]
+    for r in runs:
+        written = tomllib.loads(Path(r["dir"], "config.toml").read_text())
+        assert written["algorithm"]["method"] == r["method"] and written["run"]["seed"] == r["seed"]
+        assert set(r["accuracy_by_step"]) == {"0", "1"}
+        if r["method"] == "sdzero":
+            # phase 2 as the reference runs it: from the SRT model, which is also the frozen
+            # teacher; top-64 mixed KL, no outcome advantage; the SRT phase's samples counted
+            assert written["model"]["path"] == str(srt_model)
+            a = written["algorithm"]
+            assert (a["loss"], a["topk"], a["topk_alpha"], a["advantage"], a["teacher"]) == \
+                ("topk", 64, 0.5, "none", "frozen")
+            assert r["samples_before"] == srt["samples"]["attempts"] + srt["samples"]["revisions"] > 8
+        else:
+            assert r["samples_before"] == 0
+
+    analysis = results["analysis"]
+    assert analysis["pairs"] == 2 and analysis["differences"]["sdzero − grpo"]["final"]["n"] == 2
+    finals = {(r["method"], r["seed"]): r["accuracy_by_step"]["1"] for r in runs}
+    assert analysis["differences"]["sdzero − grpo"]["final"]["mean"] == pytest.approx(
+        sum(finals["sdzero", s] - finals["grpo", s] for s in (0, 1)) / 2)
+    for a in results["credit_alignment"]["0"]:
+        assert a["k"] in (1, 6) and len(a["hsd"]) == len(a["opsd"]) == len(OFFSETS)
+    assert all((out / f).stat().st_size > 0 for f in ("table.md", "accuracy.png", "credit_alignment.png"))
