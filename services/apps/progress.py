@@ -3,7 +3,8 @@
 latest held-out accuracy.
 
 On a terminal: one tqdm bar on stderr, updated in place. Otherwise (a pipe, a CI log): a
-plain line every ``every_s`` seconds and at the last step, no carriage returns.
+plain line every ``every_s`` seconds, at the last step and when the run ends, no carriage
+returns.
 """
 
 from __future__ import annotations
@@ -30,24 +31,27 @@ class RunProgress:
         self.reward: float | None = None
         self.held_out: tuple[int, float] | None = None
         self.bar = None
+        self.shown = ""  # the last plain line printed
         if self.stream.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="step", file=self.stream, dynamic_ncols=True)
 
-    def update(self) -> None:
+    def update(self, final: bool = False) -> None:
         records, self.offset = read(self.path, self.offset)
         for r in records:
             self._take(r)
-        if not records:
-            return
-        postfix = self._postfix()
         if self.bar is not None:
-            self.bar.n = self.step
-            self.bar.set_postfix_str(postfix, refresh=True)
-        elif time.monotonic() - self.last_line >= self.every_s or self.step >= self.total:
-            self.last_line = time.monotonic()
-            print(f"step {self.step}/{self.total} | {self._eta()} | {postfix}", file=self.stream, flush=True)
+            if records:
+                self.bar.n = self.step
+                self.bar.set_postfix_str(self._postfix(), refresh=True)
+            return
+        due = records and (time.monotonic() - self.last_line >= self.every_s or self.step >= self.total)
+        if (due or final) and self.step:
+            line = f"step {self.step}/{self.total} | {self._eta()} | {self._postfix()}"
+            if line != self.shown:
+                self.last_line, self.shown = time.monotonic(), line
+                print(line, file=self.stream, flush=True)
 
     def _take(self, r: dict[str, Any]) -> None:
         if r.get("kind") == "step":
@@ -73,6 +77,6 @@ class RunProgress:
         return f"{elapsed:.0f}s elapsed, ~{left:.0f}s left"
 
     def close(self) -> None:
-        self.update()
+        self.update(final=True)
         if self.bar is not None:
             self.bar.close()
