@@ -162,6 +162,10 @@ class Launcher:
         started = time.monotonic()
         if not resume:
             ensure_unused(self.run_dir)
+        # what the stopped run's processes left (their metrics URLs, its end): not this one's
+        for stale in [*self.run_dir.glob("*.metrics"), self.run_dir / "summary.json",
+                      self.run_dir / "learner-summary.json"]:
+            stale.unlink(missing_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         resolved = self.config.model_copy(deep=True)
         resolved.model.path = self.model_path  # every process loads the same folder
