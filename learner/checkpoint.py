@@ -45,6 +45,8 @@ class CheckpointMeta:
     acked_through: str  # newest rollout entry id acknowledged with this checkpoint ("" if none)
     config_hash: str
     config: dict[str, Any] = field(default_factory=dict)  # core.config.shared_view of the run's config
+    # [entry id, group id] of every group this checkpoint's weights trained on and commits
+    committed: list[list[str]] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of every other file
 
 

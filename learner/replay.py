@@ -266,6 +266,16 @@ class ReplayBuffer:
         for reason, ids in dropped.items():
             self._acknowledge(ids, reason)
 
+    def commit_recovered(self, committed: list[list[str]]) -> None:
+        """At resume: the groups (entry id, group id) the checkpoint's weights already trained
+        on, committed as :meth:`commit` would have (idempotent: a group committed before the
+        crash is acked and in the trained set already)."""
+        if not committed:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(self.keys.trained, *[group_id for _, group_id in committed])
+        self._acknowledge([entry_id.encode() for entry_id, _ in committed], None, pipe)
+
     def commit(self, batch: list[TaggedGroup]) -> None:
         """Once the optimiser step that used ``batch`` is durable: ack and delete, and
         remember the group ids as trained (one transaction: a crash leaves both undone)."""

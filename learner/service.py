@@ -80,6 +80,10 @@ class Learner:
         self.weights_metrics = WeightsMetrics(registry)
         self.replay = ReplayBuffer(client, self.keys, ReplaySettings.from_config(config, self.model.config.vocab_size),
                                    metrics=ReplayMetrics(registry))
+        if resume_from:
+            # a crash between writing the checkpoint and committing its groups (Redis down,
+            # kill -9) left them pending: they are in these weights, so commit them, not retrain
+            self.replay.commit_recovered(meta.committed)
         self.admission = PromptAdmission(client, self.keys,
                                          (config.learner.max_staleness + 1) * config.learner.batch_groups)
         self.prompts = iter(prompts) if prompts is not None else self._task_prompts()
@@ -257,8 +261,9 @@ class Learner:
         if self.config.learner.checkpoint_every == 0:
             return
         acked = max((t.entry_id for t in self.unacked), key=_entry_order, default=b"").decode()
+        committed = [[t.entry_id.decode(), t.group.group_id] for t in self.unacked]
         ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config),
-                                                     shared_view(self.config)),
+                                                     shared_view(self.config), committed),
                   self.trainer, self.tokenizer)
         self.replay.commit(self.unacked)
         self.unacked = []

@@ -67,6 +67,27 @@ def test_learner_restart_rereads_uncommitted_but_not_committed(client):
     assert not {t.group.group_id for t in again} & {t.group.group_id for t in committed}
 
 
+def test_groups_a_checkpoint_trained_on_are_committed_at_resume_not_retrained(client):
+    """The learner wrote a checkpoint, then died before committing its batch (Redis down,
+    kill -9): the resumed learner commits what the checkpoint lists, reads only the rest,
+    and counts nothing as dropped."""
+    keys = Keys("recover")
+    for i in range(4):
+        publish_group(client, keys, make_group(run="recover", group_id=f"{i:02x}", policy_version=0))
+    first = _replay(client, "recover")
+    in_checkpoint = first.next_batch(0, timeout_s=5)
+    listed = [[t.entry_id.decode(), t.group.group_id] for t in in_checkpoint]
+    del first  # dies before commit
+    second = _replay(client, "recover")
+    second.commit_recovered(listed)
+    second.commit_recovered(listed)  # idempotent
+    rest = second.next_batch(0, timeout_s=5)
+    assert {t.group.group_id for t in rest} == {"00", "01", "02", "03"} - {g for _, g in listed}
+    second.commit(rest)
+    assert second.run_totals() == (4, {})
+    assert client.xlen(keys.rollouts) == 0
+
+
 def test_crashed_actor_prompt_is_reclaimed_only_after_the_timeout(client):
     keys = Keys("reclaim")
     admission = PromptAdmission(client, keys, capacity=4)
