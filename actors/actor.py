@@ -112,7 +112,8 @@ class Actor:
                               "start the actor with the run's configuration")
         self.follower = WeightFollower(self._weight_client(state[b"weights"].decode()), self.engine.load_weights,
                                        on_sync_seconds=self.metrics.weight_sync_seconds.observe,
-                                       current_address=self._weights_address, connect=self._weight_client).start()
+                                       newest_version=self._published_version,
+                                       current_address=self._weights_address, connect=self._weight_client)
         while not self.stop_event.is_set() and not self.follower.sync():
             if time.monotonic() > deadline:
                 raise TimeoutError("no weights could be loaded from the weight service")
@@ -125,6 +126,11 @@ class Actor:
     def _weight_client(self, address: str) -> WeightClient:
         w = self.config.weights
         return WeightClient(address, token=w.token, tls_ca=w.tls_ca, chunk_bytes=w.chunk_bytes, bulk=w.bulk)
+
+    def _published_version(self) -> int | None:
+        """The newest version the run's weight service serves (the learner records it)."""
+        version = self.client.hget(self.keys.state, "published")
+        return int(version) if version is not None else None
 
     def _weights_address(self) -> str | None:
         """Where the run's learner serves weights now (it moves when a learner restarts)."""
@@ -151,12 +157,18 @@ class Actor:
             self.join()
         try:
             while not self.stop_event.is_set():
+                if self.run_finished():
+                    log.info("run %s has finished (its learner is done): actor %s leaves", self.keys.run, self.actor_id)
+                    break
                 self.step()
         finally:
             self.verifiers.shutdown(wait=True)
-            if self.follower:
-                self.follower.stop()
             log.info("actor %s stopped", self.actor_id)
+
+    def run_finished(self) -> bool:
+        """The learner marks the run done when it has trained its steps; a resumed one marks
+        it running again."""
+        return self.client.hget(self.keys.state, "status") == b"done"
 
     def step(self, block_ms: int | None = None) -> int:
         """One batch; returns the number of groups written."""

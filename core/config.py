@@ -152,6 +152,10 @@ class LearnerConfig(_Section):
     # memory, about a third more compute)
     activation_checkpointing: bool = False
     """recompute each layer in the backward pass (less memory, ~1/3 more compute)"""
+    # worth it with flash_attention_2 (variable-length kernels); under sdpa the block-
+    # diagonal mask is quadratic in the packed row (slower than padding on CPU)
+    packing: bool = False
+    """pack each micro-batch into one row (position ids restart per sequence) instead of padding"""
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
     """steps between checkpoints (rollouts are acknowledged with them); 0: none"""
     credit_log_every: Annotated[int, Field(ge=0)] = 5
@@ -290,6 +294,12 @@ class MetricsConfig(_Section):
     """their listen address"""
     port: Annotated[int, Field(ge=0, le=65535, json_schema_extra=LOCAL)] = 0
     """their port (0: a free one)"""
+    tensorboard: Annotated[bool, Field(json_schema_extra=LOCAL)] = True
+    """the learner writes every per-step metric as TensorBoard event files in RUN_DIR/tensorboard"""
+    wandb_project: Annotated[str | None, Field(json_schema_extra=LOCAL)] = None
+    """also log them to this Weights & Biases project (needs `pip install wandb`); unset: no W&B"""
+    wandb_mode: Annotated[Literal["online", "offline"], Field(json_schema_extra=LOCAL)] = "online"
+    """offline: W&B writes RUN_DIR/wandb only (`wandb sync` uploads it later); no network needed"""
 
 
 class Config(_Section):
@@ -473,21 +483,28 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
-def to_toml(config: Config, mask_secrets: bool = True) -> str:
-    """The resolved config as TOML, for logs and ``hsd config`` (secrets masked: the
-    weights token, a password in the Redis URL) or for the processes of a run to read
-    (``mask_secrets=False``; such a file is written with mode 0600)."""
-    lines: list[str] = []
+def shown(config: Config, mask_secrets: bool = True) -> dict[str, dict[str, Any]]:
+    """The resolved config as plain data, section by section; with ``mask_secrets`` the
+    weights token and a password in the Redis URL are masked (what logs, ``hsd config``
+    and an experiment tracker may see)."""
+    out: dict[str, dict[str, Any]] = {}
     for section in SECTIONS:
+        values = getattr(config, section).model_dump()
+        if mask_secrets and values.get("token") is not None:
+            values["token"] = "***"
+        if mask_secrets and values.get("url") is not None:
+            values["url"] = masked_url(values["url"])
+        out[section] = values
+    return out
+
+
+def to_toml(config: Config, mask_secrets: bool = True) -> str:
+    """The resolved config as TOML, for logs and ``hsd config`` (secrets masked) or for the
+    processes of a run to read (``mask_secrets=False``; such a file is written with mode 0600)."""
+    lines: list[str] = []
+    for section, values in shown(config, mask_secrets).items():
         lines.append(f"[{section}]")
-        for key, value in getattr(config, section).model_dump().items():
-            if value is None:
-                lines.append(f"# {key} unset")
-                continue
-            if key == "token" and mask_secrets:
-                value = "***"
-            elif key == "url" and mask_secrets:
-                value = masked_url(value)
-            lines.append(f"{key} = {json.dumps(value)}")
+        for key, value in values.items():
+            lines.append(f"# {key} unset" if value is None else f"{key} = {json.dumps(value)}")
         lines.append("")
     return "\n".join(lines)

@@ -12,7 +12,10 @@ anything (``hsd gates``). Each is measured on held-out problems, before any RL:
 - G3 HSD's credit is where the mistake is: the share of Σ|δ| within ±2 tokens of the
   divergence is ≥ 0.6 (mean over failed samples).
 - G4 (SD-Zero, needs a model after a real SRT phase): the reviser's accuracy after a failed
-  attempt exceeds the student's accuracy.
+  attempt exceeds the student's accuracy on the same problems (a fresh attempt: the
+  problem's other samples). Failed attempts are mostly on hard problems (long chains), so
+  the student's accuracy over all problems would be the wrong bar: below it, a reviser
+  that beats resampling could still fail.
 
 A comparison whose gates fail is inconclusive.
 """
@@ -37,6 +40,8 @@ from methods.credit import divergence_mass, divergence_position, token_credit
 from methods.hsd import hsd_input
 from methods.opsd import opsd_input
 from methods.sdzero import reviser_context
+
+MAX_TOKENS = 160  # a k = 6 attempt, the revision phrase and a revision: what an SRT model may write
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Failures:
     hsd_delta: list[torch.Tensor]  # δ_t of the peer-conditioned teacher (HSD's view)
     opsd_delta: list[torch.Tensor]  # δ_t of the answer-conditioned teacher (OPSD's view)
     student_success: list[bool]  # every sample's outcome, failed or not
+    resample_success: list[float]  # per failed sample: its problem's other samples' success rate
 
 
 def failures(engine: HFEngine, held_out: list[Any], samples: int) -> Failures:
@@ -104,15 +110,16 @@ def failures(engine: HFEngine, held_out: list[Any], samples: int) -> Failures:
     scorer = _Scorer(engine.model, tok)
     task = ChainTask()
     groups = engine.generate([render_prompt_ids(tok, p.prompt) for p in held_out],
-                             SamplingSettings(n=samples, max_tokens=64))
-    success, failed = [], []
+                             SamplingSettings(n=samples, max_tokens=MAX_TOKENS))
+    success, failed, resample = [], [], []
     for p, group in zip(held_out, groups, strict=True):
         peer = tok.encode(p.reference, add_special_tokens=False) + [tok.eos_token_id]
-        for c in group:
-            ok = task.score(c.text, p).success
-            success.append(ok)
+        outcomes = [task.score(c.text, p).success for c in group]
+        success += outcomes
+        for c, ok in zip(group, outcomes, strict=True):
             if not ok and c.ids and c.ids != peer:
                 failed.append((p, c.ids, peer))
+                resample.append(resample_rate(outcomes))
     student_views = [student_input(render_prompt_ids(tok, p.prompt), y) for p, y, _ in failed]
     s_lp = scorer.logprobs(student_views)
     deltas = []
@@ -121,7 +128,13 @@ def failures(engine: HFEngine, held_out: list[Any], samples: int) -> Failures:
         deltas.append([token_credit(t, s, torch.ones_like(s, dtype=torch.bool))
                        for t, s in zip(scorer.logprobs(views), s_lp, strict=True)])
     return Failures([p for p, _, _ in failed], [y for _, y, _ in failed], [peer for _, _, peer in failed],
-                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success)
+                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success, resample)
+
+
+def resample_rate(outcomes: list[bool]) -> float:
+    """A failed sample's problem's success rate over its other samples: what a fresh
+    attempt at that problem scores (the failed sample itself counts 0 successes)."""
+    return sum(outcomes) / (len(outcomes) - 1) if len(outcomes) > 1 else 0.0
 
 
 def credit_by_offset(f: Failures, k: int, offsets: range) -> dict[str, Any]:
@@ -194,18 +207,19 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
              0.3, False, f"mean |δ| at {len(intermediate)} intermediate divergences (k ≥ 4)"),
         Gate("G3 HSD mass ±2", _mean(masses), 0.6, True, "share of Σ|δ| within ±2 tokens of the divergence"),
     ]
-    student_accuracy = _mean(f.student_success)
     if reviser_path is None:
         gates.append(Gate("G4 reviser > student", None, 0.0, True,
                           "needs a model after an SRT phase: hsd gates --reviser DIR"))
     else:
         reviser = HFEngine.from_pretrained(reviser_path)
         contexts = [reviser_context(tok, p.prompt, y, False) for p, y in zip(f.problems, f.responses, strict=True)]
-        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=64))
+        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=MAX_TOKENS))
         accuracy = _mean([task.score(g[0].text, p).success for p, g in zip(f.problems, revised, strict=True)])
-        what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − the student's "
-                f"({student_accuracy:.3f})") if accuracy is not None else "the student failed no sample"
-        gates.append(Gate("G4 reviser > student", None if accuracy is None else accuracy - student_accuracy,
+        resampled = _mean(f.resample_success)
+        what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − the student's on "
+                f"the same problems ({resampled:.3f}; on all: {_mean(f.student_success):.3f})"
+                if accuracy is not None else "the student failed no sample")
+        gates.append(Gate("G4 reviser > student", None if accuracy is None else accuracy - resampled,
                           0.0, True, what))
     return gates
 

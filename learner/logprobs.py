@@ -47,6 +47,13 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(softmax(z)) = logsumexp(z) − Σ_v softmax(z)_v · z_v, in float32: [..., V] -> [...]."""
+    z = logits.float()
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    return lse.squeeze(-1) - (torch.exp(z - lse) * z).sum(-1)
+
+
 def pad_batch(
     inputs: Sequence[ScoringInput], pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +146,24 @@ def response_hidden(
     states = backbone(input_ids=ids, use_cache=False).last_hidden_state
     targets, mask = response_targets(inputs)
     return gather_positions(states, response_positions(inputs)), targets.to(device), mask.to(device)
+
+
+def packed_response_hidden(
+    backbone: nn.Module, inputs: Sequence[ScoringInput], device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`response_hidden` with the batch packed into one row instead of padded: the
+    sequences end to end, position ids restarting at 0 for each, no attention mask. From
+    such position ids transformers keeps every sequence's attention inside itself — a
+    block-diagonal causal mask under sdpa or eager, variable-length kernels under
+    flash_attention_2 — so no position is spent on padding."""
+    lengths = [len(x.ids) for x in inputs]
+    ids = torch.tensor([[t for x in inputs for t in x.ids]], dtype=torch.long, device=device)
+    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0).to(device)
+    states = backbone(input_ids=ids, position_ids=position_ids, use_cache=False).last_hidden_state[0]
+    offsets = torch.tensor([0, *lengths[:-1]]).cumsum(0)
+    targets, mask = response_targets(inputs)
+    positions = (response_positions(inputs) + offsets[:, None]) * mask  # padding: row 0, masked out
+    return states[positions.to(states.device)], targets.to(device), mask.to(device)
 
 
 def shared_prefix_hidden(

@@ -13,7 +13,7 @@ Lifecycle::
         publish version; metrics; credit log every N steps
         every checkpoint_every steps: checkpoint, then XACK the groups it covers
         every eval_every steps (and before the first and after the last): held-out accuracy
-    end: final checkpoint + ack, summary, state status = done
+    end: final checkpoint + ack, summary, state status = done (steps trained) or stopped
 
 Acknowledging only after a checkpoint makes kill -9 safe: the groups of steps after the
 last checkpoint are still pending in Redis, and `--resume` re-reads and retrains them.
@@ -38,6 +38,7 @@ from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
 from learner.batch import build_samples
+from learner.curves import check_available, curve_sinks
 from learner.engines import make_trainer
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
 from learner.step_log import StepLog
@@ -65,7 +66,8 @@ class Learner:
         self.keys = Keys(config.run.name)
         self.run_dir = Path(config.run.dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.step_log = StepLog(self.run_dir, config.run.steps)
+        check_available(config)
+        self.step_log = StepLog(self.run_dir, config.run.steps, curve_sinks(config, self.run_dir))
         self.stop_event = threading.Event()
         resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume, force_config)
         self.method = make_method(config.algorithm)
@@ -94,8 +96,7 @@ class Learner:
             on_publish=lambda snap, s: (self.weights_metrics.version.set(snap.version),
                                         self.weights_metrics.publish_seconds.set(s)),
             on_bytes_sent=self.weights_metrics.bytes_sent.inc)
-        self.publisher = AsyncPublisher(
-            self.weights, on_published=lambda _, lag: self.weights_metrics.publish_lag_seconds.observe(lag))
+        self.publisher = AsyncPublisher(self.weights, on_published=self._published)
         self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
                                                 "divergence_mass": [], "peak_offset": [], "revision_success": []}
@@ -185,8 +186,15 @@ class Learner:
         try:
             self.publisher.close()
         finally:
+            self.step_log.close()
             self.trainer.close()
             self.weights.stop(grace=1.0)
+
+    def _published(self, version: int, lag_s: float) -> None:
+        """A version the weight service now serves: actors follow it through the run's
+        Redis (``state.published``), not through a stream per actor."""
+        self.client.hset(self.keys.state, "published", version)
+        self.weights_metrics.publish_lag_seconds.observe(lag_s)
 
     def _publish(self) -> float:
         """Hand the current weights over; a worker publishes them while the next step
@@ -218,7 +226,9 @@ class Learner:
             self._evaluate()
         self.checkpoint()
         self.publisher.flush()
-        self.client.hset(self.keys.state, mapping={"version": self.version, "status": "done"})
+        # done: the run trained its steps and its actors may leave; stopped: a learner will resume it
+        status = "done" if self.step >= target else "stopped"
+        self.client.hset(self.keys.state, mapping={"version": self.version, "status": status})
 
     # ------------------------------------------------------------------ one step
 
@@ -236,6 +246,8 @@ class Learner:
         if not batch:
             return None
         result = self.trainer.train_step(samples)
+        # the batch's rollouts, not its training samples (srt trains on revisions of wrong attempts only)
+        result.metrics["reward_mean"] = statistics.fmean(s.reward for t in batch for s in t.group.samples)
         self.step += 1
         self.version += 1
         self.client.hset(self.keys.state, "version", self.version)  # before any actor can see it
@@ -275,6 +287,7 @@ class Learner:
         self.metrics.tokens_per_second.set(result.tokens / max(result.seconds, 1e-9))
         self.metrics.loss.set(m["loss"])
         self.metrics.grad_norm.set(m["grad_norm"])
+        self.metrics.entropy.set(m["entropy"])
         self.metrics.learning_rate.set(self.config.learner.lr)  # constant: no schedule
         lengths = [s.ids.size for t in batch for s in t.group.samples]
         self.metrics.response_tokens.set(statistics.fmean(lengths) if lengths else 0.0)

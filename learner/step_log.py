@@ -9,6 +9,8 @@ Lines::
     {"kind": "eval", "step", "time", "accuracy", "accuracy_by_length", "reference_logprob"}
 
 A reader may see the last line half written: it skips a line that does not parse.
+The same numbers go to the run's other curve sinks (:mod:`learner.curves`: TensorBoard,
+W&B) as they are written.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from learner.curves import CurveSink, eval_scalars, step_scalars
+
 log = logging.getLogger(__name__)
 FILE = "metrics.jsonl"
 
 
 class StepLog:
-    def __init__(self, run_dir: Path, total_steps: int) -> None:
+    def __init__(self, run_dir: Path, total_steps: int, sinks: list[CurveSink] | None = None) -> None:
         self.path = Path(run_dir) / FILE
         self.total = total_steps
+        self.sinks = sinks or []
 
     def _append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +44,8 @@ class StepLog:
                   "samples": samples, "tokens_per_second": tokens / max(seconds, 1e-9), "staleness": staleness,
                   **metrics}
         self._append(record)
+        for sink in self.sinks:
+            sink.scalars(step, step_scalars(record))
         log.info("step %d/%d | reward %.3f | staleness %.2f | loss %+.4f | %s tok/s", step, self.total,
                  metrics["reward_mean"], staleness, metrics["loss"], f"{record['tokens_per_second']:,.0f}")
 
@@ -47,6 +54,12 @@ class StepLog:
         self._append({"kind": "eval", "step": step, "time": time.time(), "accuracy": accuracy,
                       "accuracy_by_length": {str(k): v for k, v in by_length.items()},
                       "reference_logprob": reference_logprob})
+        for sink in self.sinks:
+            sink.scalars(step, eval_scalars(accuracy, by_length, reference_logprob))
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 def read(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:

@@ -9,11 +9,14 @@ folder and loaded back with ``from_pretrained`` like any other model.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from services.errors import StartupError
+
+log = logging.getLogger(__name__)
 
 TINY = "tiny"  # the shipped model, warm-started on the table chain (learner/models/tiny-chain)
 TINY_ARITH = "tiny-arith"  # warm-started on the arithmetic task on first use, then cached
@@ -109,8 +112,13 @@ def resolve_model(path: str) -> str:
         return path  # a hub id
     target = cache_dir() / "models" / f"tiny-arith-{TINY_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".tiny-arith-{TINY_VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock_path = target.parent / f".tiny-arith-{TINY_VERSION}.lock"
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building %s (it holds %s): waiting for it", target, lock_path)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "config.json").exists():
             from learner.warm_start import warm_start
 

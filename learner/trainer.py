@@ -46,9 +46,11 @@ from learner.logprobs import (
     head_loss,
     head_scores,
     logits_are_linear_in_hidden,
+    packed_response_hidden,
     response_hidden,
     shared_prefix_hidden,
     split_causal_lm,
+    token_entropy,
     token_logprobs,
 )
 from learner.precision import MasterWeights
@@ -232,6 +234,12 @@ class TorchTrainer:
         metrics = self._metrics(samples, credit, is_stats, totals, grad_norm)
         return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
 
+    def _response_hidden(self, backbone: torch.nn.Module, inputs: Sequence[ScoringInput]):
+        """The backbone's states at the response positions: packed or padded (``learner.packing``)."""
+        if self.config.learner.packing:
+            return packed_response_hidden(backbone, inputs, self.device)
+        return response_hidden(backbone, inputs, self.pad_id, self.device)
+
     def _scores(self, module: torch.nn.Module, inputs: Sequence[ScoringInput], topk: int,
                 share_contexts: bool = False):
         """No-grad (log-probs [B, N], top-k (values, ids) [B, N, k] or None) of ``inputs``."""
@@ -239,7 +247,7 @@ class TorchTrainer:
             if self.head_route:
                 backbone, weight = split_causal_lm(module)
                 got = shared_prefix_hidden(backbone, inputs, self.device) if share_contexts else None
-                hidden, targets, mask = got or response_hidden(backbone, inputs, self.pad_id, self.device)
+                hidden, targets, mask = got or self._response_hidden(backbone, inputs)
                 return head_scores(hidden, weight, targets, mask, temperature=self.temperature,
                                    chunk_tokens=self.chunk_tokens, topk=topk, compute_dtype=self.compute_dtype)
             logits, targets, mask = dense_response_logits(module, inputs, self.pad_id)
@@ -304,6 +312,10 @@ class TorchTrainer:
                 prev = old_padded[rows]
             w, stats = importance_weights(prev, mu[rows], m, self.algo.is_mode,
                                           self.algo.is_rho_max, self.algo.is_rho_min)
+            if old_padded is None:  # the policy's entropy on its own tokens, measured once a step
+                with torch.no_grad():
+                    entropy, tokens = torch.stack([(token_entropy(logits) * m).sum(), m.sum()]).tolist()
+                stats = {**stats, "entropy_sum": entropy, "tokens": tokens}
             is_stats.append(stats)
             return self.method.loss(LossTerms(
                 logprobs=logp, old_logprobs=prev, mask=m, is_weights=w, outcome=outcome[rows],
@@ -317,7 +329,7 @@ class TorchTrainer:
         with self.autocast:
             if self.head_route:
                 backbone, weight = split_causal_lm(self.model)
-                hidden, targets, mask = response_hidden(backbone, inputs, self.pad_id, dev)
+                hidden, targets, mask = self._response_hidden(backbone, inputs)
                 loss = head_loss(hidden, weight, loss_of_chunk, temperature=self.temperature,
                                  chunk_tokens=self.chunk_tokens, compute_dtype=self.compute_dtype)
             else:
@@ -335,13 +347,15 @@ class TorchTrainer:
         return {
             "loss": totals["loss"] / max(self.config.learner.epochs, 1),
             "grad_norm": grad_norm,
-            "reward_mean": sum(s.reward for s in samples) / max(len(samples), 1),
             "rho_mean": sum(s["rho_mean"] for s in is_stats) / n,
             "rho_max": max((s["rho_max"] for s in is_stats), default=1.0),
             "ess_fraction": sum(s["ess_fraction"] for s in is_stats) / n,
             "is_masked_fraction": sum(s["masked_fraction"] for s in is_stats) / n,
             # sampled estimate of KL(π_θ ‖ π_T) on the distilled tokens: E[log π_θ − log π_T]
             "teacher_kl": float(-deltas.mean()) if deltas.numel() else 0.0,
+            # mean over response tokens of H(π_θ(·|context)), nats: a collapsing policy shows here first
+            "entropy": (sum(s.get("entropy_sum", 0.0) for s in is_stats)
+                        / max(sum(s.get("tokens", 0.0) for s in is_stats), 1.0)),
             # mean δ²: on a fixed batch the credit-as-advantage update is the gradient of
             # ½·Σδ² in the student's log-probs, so this is what that term drives down
             "credit_sq": float((deltas * deltas).mean()) if deltas.numel() else 0.0,

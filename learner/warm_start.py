@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from learner.batch import length_buckets
 from learner.curricula import curriculum
@@ -40,6 +42,7 @@ def warm_start(model_dir: str | Path, task: str, *, steps: int | None = None, ba
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     start = time.monotonic()
     log.info("warm-starting the tiny model on %s (%d steps)", task, steps)
+    bar = tqdm(total=steps, unit="step", desc="warm start", disable=not sys.stderr.isatty())
     for step in range(steps):
         examples = [plan.example(tokenizer, rng) for _ in range(batch)]
         n_tokens = sum(sum(e.trained) if e.trained else e.view.length for e in examples)
@@ -56,6 +59,11 @@ def warm_start(model_dir: str | Path, task: str, *, steps: int | None = None, ba
             loss += part.item()
         optimiser.step()
         schedule.step()
+        bar.update()
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         if step % 100 == 0 or step == steps - 1:
-            log.info("warm start %d/%d loss %.3f (%.0fs)", step + 1, steps, loss, time.monotonic() - start)
+            elapsed = time.monotonic() - start
+            log.info("warm start %d/%d (%.0f%%) loss %.3f, %.0fs elapsed, ~%.0fs left", step + 1, steps,
+                     100 * (step + 1) / steps, loss, elapsed, elapsed / (step + 1) * (steps - step - 1))
+    bar.close()
     model.save_pretrained(model_dir)

@@ -91,6 +91,9 @@ class LearnerMetrics:
                                    "Held-out accuracy at the last evaluation (eval_every)", registry=registry)
         self.grad_norm = Gauge("hsd_learner_grad_norm", "Gradient norm of the last step, before clipping",
                                registry=registry)
+        self.entropy = Gauge("hsd_learner_entropy",
+                             "Mean entropy of the policy over the last batch's response tokens (nats)",
+                             registry=registry)
         self.learning_rate = Gauge("hsd_learner_learning_rate", "Optimiser learning rate", registry=registry)
         self.response_tokens = Gauge("hsd_learner_response_tokens_mean",
                                      "Mean response length (tokens) of the last batch's samples", registry=registry)

@@ -2,16 +2,19 @@
 
 Backends, strongest first; the first available is used and named in the log:
 
-- ``bwrap`` (bubblewrap): read-only root, tmpfs /tmp as the work dir, every namespace
-  unshared (no network), uid 65534, dies with its parent.
-- ``unshare`` (util-linux, needs root): new mount, network and PID namespaces; the
-  program is chrooted into a root built from an allowlist — ``/usr``, ``/etc``, the
-  ``/bin``, ``/lib``… links and the interpreter's own prefix, bound read-only; fresh
-  tmpfs at ``/tmp`` (the work dir) and ``/dev/shm``, both size-limited (``tmpfs_mb``) and
-  gone with the run; ``/dev`` holds only null, zero, random, urandom — so the host's home
-  dirs, the project's sources and the host's /dev/shm are out of sight. It runs as uid
-  65534 with no capabilities (``setpriv``), so the process cap applies. The namespace's
-  processes all die with its init.
+Both isolating backends show the program the same root, built from an allowlist
+(:func:`allowlist`): ``/usr``, ``/etc``, the ``/bin``, ``/lib``… links and the
+interpreter's own prefix, bound read-only; fresh tmpfs at ``/tmp`` (the work dir) and
+``/dev/shm``, both size-limited (``tmpfs_mb``) and gone with the run; a minimal ``/dev``;
+the namespace's own ``/proc``; the scaffold read-only — so the host's home dirs, the
+project's sources, /var, /run and the host's /dev/shm are out of sight. The program runs
+as uid 65534 with no capabilities, in new mount, network and PID namespaces at least.
+
+- ``bwrap`` (bubblewrap): every namespace unshared, dies with its parent, new session.
+- ``unshare`` (util-linux, needs root): the root is built in a new mount namespace and
+  the program chrooted into it, capabilities dropped with ``setpriv``, so the process
+  cap applies; ``/dev`` holds only null, zero, random, urandom. The namespace's processes
+  all die with its init.
 - ``none``: a plain subprocess with the same rlimits but no isolation — refused unless
   the user explicitly allows unsandboxed code.
 
@@ -81,25 +84,31 @@ def sandbox_python() -> str:
     return real
 
 
-def _unshare_works() -> bool:
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("setpriv")):
+def backend_works(backend: str) -> bool:
+    """Whether ``backend`` can isolate a program on this machine (a probe run)."""
+    if backend == "bwrap":
+        argv = ["bwrap", "--ro-bind", "/", "/", "--unshare-all", "true"]
+    elif backend == "unshare":
+        if os.geteuid() != 0 or not shutil.which("setpriv"):
+            return False
+        argv = ["unshare", "--mount", "--net", "--pid", "--fork", "--", "true"]
+    else:
+        return backend == "none"
+    if not shutil.which(argv[0]):
         return False
-    probe = subprocess.run(
-        ["unshare", "--mount", "--net", "--pid", "--fork", "--", "true"],
-        capture_output=True, timeout=10,
-    )
-    return probe.returncode == 0
+    return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
 
 
 def detect_backend() -> str:
-    if shutil.which("bwrap"):
-        probe = subprocess.run(["bwrap", "--ro-bind", "/", "/", "--unshare-all", "true"],
-                               capture_output=True, timeout=10)
-        if probe.returncode == 0:
-            return "bwrap"
-    if _unshare_works():
-        return "unshare"
-    return "none"
+    return next((b for b in BACKENDS if backend_works(b)), "none")
+
+
+def allowlist(python: str) -> list[str]:
+    """The host paths a sandboxed program sees, read-only: the system's programs, libraries
+    and configuration, and the interpreter's own prefix (``/usr/…`` lies inside /usr)."""
+    prefix = os.path.dirname(os.path.dirname(python))  # .../bin/python3 -> ...
+    paths = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", prefix]
+    return [p for p in dict.fromkeys(paths) if p == "/usr" or not p.startswith("/usr/")]
 
 
 class Sandbox:
@@ -113,10 +122,17 @@ class Sandbox:
     def _argv(self) -> list[str]:
         py = [self.python, "-I", "-"]
         if self.backend == "bwrap":
-            return ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--proc", "/proc",
-                    "--dev", "/dev", "--unshare-all", "--die-with-parent", "--new-session",
-                    "--uid", str(NOBODY), "--gid", str(NOBODY), "--chdir", "/tmp",
-                    "--clearenv", *py]
+            size = str(self.limits.tmpfs_mb << 20)
+            binds = []
+            for path in allowlist(self.python):
+                if os.path.islink(path):
+                    binds += ["--symlink", os.readlink(path), path]
+                elif os.path.isdir(path):
+                    binds += ["--ro-bind", path, path]
+            return ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--uid", str(NOBODY),
+                    "--gid", str(NOBODY), *binds, "--size", size, "--tmpfs", "/tmp", "--dev", "/dev",
+                    "--size", size, "--tmpfs", "/dev/shm", "--proc", "/proc", "--remount-ro", "/",
+                    "--chdir", "/tmp", "--clearenv", *py]
         if self.backend == "unshare":
             inner = (
                 f"{self._allowlisted_root('/tmp')} && "
@@ -134,11 +150,8 @@ class Sandbox:
         /tmp and /dev/shm, four device nodes and the namespace's /proc; then the scaffold
         itself goes read-only."""
         size = self.limits.tmpfs_mb
-        prefix = os.path.dirname(os.path.dirname(self.python))  # .../bin/python3 -> ...
         steps = [f"mount -t tmpfs -o size=1m,mode=755 tmpfs {root}"]
-        for path in dict.fromkeys(["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/lib32", prefix]):
-            if path != "/usr" and path.startswith("/usr/"):
-                continue  # inside /usr already
+        for path in allowlist(self.python):
             steps.append(f"if [ -L {path} ]; then ln -s \"$(readlink {path})\" {root}{path}; "
                          f"elif [ -d {path} ]; then mkdir -p {root}{path} && mount --rbind {path} {root}{path} "
                          f"&& mount -o remount,bind,ro {root}{path}; fi")

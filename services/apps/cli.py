@@ -104,6 +104,10 @@ def cmd_actor(args: argparse.Namespace) -> int:
         print("hsd actor: no Redis to join: give --join RUN_DIR, --redis-url or [redis] url",
               file=sys.stderr)
         return EXIT_USAGE
+    import contextlib
+
+    import redis
+
     from actors.actor import Actor, JoinRefused
     from core.engines import make_engine
     from core.tasks import make_task
@@ -125,9 +129,13 @@ def cmd_actor(args: argparse.Namespace) -> int:
     except JoinRefused as err:
         print(f"hsd actor: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except redis.RedisError as err:  # e.g. `hsd run` ended and took its Redis with it
+        print(f"hsd actor: the run's Redis stopped answering ({err}); leaving", file=sys.stderr)
+        return EXIT_RUNTIME
     finally:
         if metrics:
-            actor.client.hdel(actor.keys.actor_metrics, actor.actor_id)
+            with contextlib.suppress(redis.RedisError):  # gone with the run, or not: nothing to undo
+                actor.client.hdel(actor.keys.actor_metrics, actor.actor_id)
             metrics.stop()
     return EXIT_OK
 
@@ -301,6 +309,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         base, methods=tuple(args.methods.split(",")) if args.methods else base.methods,
         seeds=given("seeds", base.seeds), steps=given("steps", base.steps),
         eval_problems=given("eval_problems", base.eval_problems), srt_steps=given("srt_steps", base.srt_steps),
+        srt_lr=given("srt_lr", base.srt_lr), max_response_tokens=given("max_response_tokens", base.max_response_tokens),
         lrs=tuple(float(x) for x in args.lrs.split(",")) if args.lrs else base.lrs,
         actors=given("actors", base.actors), parallel=given("parallel", base.parallel))
     if "grpo" not in protocol.methods:
@@ -330,6 +339,9 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
     p.add_argument("--lrs", help="GRPO's learning rates to sweep (default 3e-5,1e-4,3e-4; one value: no sweep)")
     p.add_argument("--srt-steps", type=int, help="steps of SD-Zero's SRT phase (default 8)")
+    p.add_argument("--srt-lr", type=float, help="learning rate of the SRT phase (supervised; default 1e-4)")
+    p.add_argument("--max-response-tokens", type=int,
+                   help="every run's response budget (default 160: holds an SRT model's attempt and revision)")
     p.add_argument("--eval-problems", type=int, help="held-out problems per evaluation (default 1024)")
     p.add_argument("--actors", type=int, help="actors per run (default 2)")
     p.add_argument("--parallel", type=int, help="runs at a time (default 1; more where cores allow, e.g. a GPU box)")

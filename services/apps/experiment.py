@@ -2,8 +2,9 @@
 
 ::
 
-    1 lr sweep     grpo × lrs × sweep seeds, first warm start ──► lr (best mean final held-out)
-    2 SRT          srt from each warm start ──► SRT model: sdzero's student and frozen teacher;
+    1 lr sweep     grpo × lrs × warm starts × sweep seeds ──► lr (best mean final held-out)
+    2 SRT          srt from each warm start at its own (supervised) lr ──► SRT model: sdzero's
+                   student and frozen teacher;
                    its attempts + revisions count in sdzero's sample budget; gates G1–G4
     3 grid         warm start × seed × method, one `hsd run` each at that lr
     4 mechanism    on each warm start, before RL: |δ| of both teachers around the divergence,
@@ -15,7 +16,10 @@ Runs of one (warm start, seed) pair differ only in ``algorithm.method`` (and, fo
 the model: its warm start's SRT model); they draw the same prompts and are evaluated on
 the same held-out problems with the same sampling seed, so their differences are paired.
 The sweep's seeds are not the grid's: the lr is chosen on other runs than the ones compared,
-on the same held-out split (a choice that favours the baseline it is tuned for).
+on the same held-out split (a choice that favours the baseline it is tuned for), on every
+warm start (an lr that suits one warm start can collapse GRPO on another). Every run gets
+the same response budget, one that holds an SRT model's attempt, revision phrase and
+revision (≈ 140 tokens at k = 6); the other methods stop at their end token well before it.
 
 Written to the output dir: ``results.json`` (protocol, every run, the analysis),
 ``table.md``, ``accuracy.png`` (accuracy against samples generated, mean ± SE),
@@ -55,8 +59,10 @@ class Protocol:
     eval_every: int = 6
     eval_problems: int = 1024
     lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
-    sweep_seeds: tuple[int, ...] = (100, 101)
+    sweep_seeds: tuple[int, ...] = (100,)
     srt_steps: int = 8
+    srt_lr: float = 1e-4  # supervised; 3e-4 lowered the student and the reviser (README)
+    max_response_tokens: int = 160
     alignment_problems: int = 512
     actors: int = 2
     parallel: int = 1  # runs at a time (a GPU machine's cores); 1 on a laptop
@@ -161,7 +167,7 @@ class Experiment:
             f'algorithm.method="{method}"', f"run.seed={seed}", f"run.steps={steps}", f"learner.lr={lr}",
             f'run.name="{name}"', f'run.dir="{self.out / name}"', f"learner.eval_every={p.eval_every}",
             f"learner.eval_problems={p.eval_problems}", "learner.eval_samples=1",
-            f'model.path="{model or p.warm_starts[ws]}"'])
+            f'model.path="{model or p.warm_starts[ws]}"', f"model.max_response_tokens={p.max_response_tokens}"])
         started = time.monotonic()
         s = self._run(c)
         by_length = s.get("eval_by_length_by_step", {})
@@ -188,13 +194,14 @@ class Experiment:
         if len(p.lrs) == 1:
             return p.lrs[0], []
         runs = self._map([
-            (lambda lr=lr, seed=seed: self._one(f"sweep-lr{lr:g}-seed{seed}", BASELINE, 0, seed, lr, p.steps))
-            for lr in p.lrs for seed in p.sweep_seeds])
+            (lambda lr=lr, ws=ws, seed=seed: self._one(f"sweep-lr{lr:g}-ws{ws}-seed{seed}", BASELINE, ws, seed, lr,
+                                                       p.steps))
+            for lr in p.lrs for ws in range(len(p.warm_starts)) for seed in p.sweep_seeds])
         best = max(p.lrs, key=lambda lr: statistics.fmean(r.final for r in runs if r.lr == lr))
         return best, runs
 
-    def srt(self, lr: float) -> list[RunResult]:
-        return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", "srt", ws, 0, lr, self.p.srt_steps))
+    def srt(self) -> list[RunResult]:
+        return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", "srt", ws, 0, self.p.srt_lr, self.p.srt_steps))
                           for ws in range(len(self.p.warm_starts))])
 
     def grid(self, lr: float, srt: list[RunResult]) -> list[RunResult]:
@@ -355,7 +362,7 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
     e = Experiment(make_config, protocol, out, run)
     lr, sweep = e.sweep()
     log.info("learning rate %g (swept %s)", lr, protocol.lrs)
-    srt = e.srt(lr) if "sdzero" in protocol.methods else []
+    srt = e.srt() if "sdzero" in protocol.methods else []
     srt_gates = [report(measure(srt_model(r), problems=protocol.alignment_problems // 4,
                                 reviser_path=srt_model(r))) for r in srt]
     runs = e.grid(lr, srt)

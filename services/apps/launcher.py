@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config, to_toml
+from learner.curves import check_available
 from services.apps.progress import RunProgress
 from services.errors import StartupError
 from services.process import die_with_parent
@@ -100,6 +101,7 @@ class Placement:
 class Launcher:
     def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None,
                  show_progress: bool = True) -> None:
+        check_available(config)  # before any process starts
         self.config = config
         self.show_progress = show_progress
         self.n_actors = actors

@@ -1,6 +1,6 @@
 """`hsd plot RUN_DIR`: a run's curves from its ``metrics.jsonl`` alone — no Prometheus, no
 Grafana: reward, held-out accuracy (all and per path length), loss, gradient norm, the
-teacher's KL and importance ratio, and throughput, each against the step."""
+policy's entropy, the teacher's KL and importance ratio, and throughput, each against the step."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 from learner.step_log import FILE, read
 
 PANELS = (  # (title, [(metric, label)])
-    ("reward (training samples)", [("reward_mean", "mean reward")]),
+    ("reward (the batch's rollouts)", [("reward_mean", "mean reward")]),
     ("loss", [("loss", "loss")]),
     ("gradient norm (before clipping)", [("grad_norm", "‖g‖")]),
+    ("policy entropy (nats per response token)", [("entropy", "H(π_θ)")]),
     ("teacher", [("teacher_kl", "KL(π_θ ‖ π_T), sampled"), ("distilled_fraction", "share distilled")]),
     ("off-policy", [("staleness", "staleness (versions)"), ("rho_mean", "mean ρ")]),
     ("throughput", [("tokens_per_second", "tokens/s")]),
@@ -35,7 +36,7 @@ def plot(run_dir: Path, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     steps, evals = load(run_dir)
-    fig, axes = plt.subplots(4, 2, figsize=(11, 12))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 10))
     ax = axes[0][0]
     ax.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], marker="o", label="all")
     for k in sorted({k for e in evals for k in e["accuracy_by_length"]}, key=int):

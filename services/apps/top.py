@@ -145,16 +145,15 @@ def render(endpoints: dict, now: dict[str, Samples | None], before: dict[str, Sa
     return "\n".join(lines)
 
 
-def _add_joined_actors(endpoints: dict) -> None:
-    """Actors that joined after the run started (`hsd actor --join`) register their metrics
-    URL in Redis; endpoints.json lists only the ones `hsd run` started."""
+def joined_actors(client: redis.Redis, run: str) -> dict[str, str]:
+    """Actors that joined after the run started (`hsd actor --join`) and are still in it:
+    each registers its metrics URL in Redis and removes it when it leaves; endpoints.json
+    lists only the ones `hsd run` started."""
     try:
-        joined = redis.Redis.from_url(endpoints["redis"], socket_connect_timeout=2, socket_timeout=2).hgetall(
-            Keys(endpoints["run"]).actor_metrics)
+        joined = client.hgetall(Keys(run).actor_metrics)
     except redis.RedisError:
-        return  # the run's Redis is gone: show what endpoints.json knows
-    for name, url in joined.items():
-        endpoints["metrics"].setdefault(name.decode(), url.decode())
+        return {}  # the run's Redis is gone: show what endpoints.json knows
+    return {name.decode(): url.decode() for name, url in joined.items()}
 
 
 def main(run_dir: str, interval: float = 2.0, once: bool = False) -> int:
@@ -164,12 +163,15 @@ def main(run_dir: str, interval: float = 2.0, once: bool = False) -> int:
         return 2
     endpoints = json.loads(path.read_text())
     run = RunFile(Path(run_dir))
-    _add_joined_actors(endpoints)
+    client = redis.Redis.from_url(endpoints["redis"], socket_connect_timeout=2, socket_timeout=2)
+    started = dict(endpoints["metrics"])
+    endpoints["metrics"] = {**joined_actors(client, endpoints["run"]), **started}
     history = deque([(time.monotonic(), {name: scrape(url) for name, url in endpoints["metrics"].items()})])
     clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
     try:
         while True:
             time.sleep(interval)
+            endpoints["metrics"] = {**joined_actors(client, endpoints["run"]), **started}  # actors join and leave
             now = {name: scrape(url) for name, url in endpoints["metrics"].items()}
             t1 = time.monotonic()
             while len(history) > 1 and t1 - history[1][0] >= WINDOW_S:

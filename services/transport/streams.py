@@ -6,7 +6,8 @@ Keys of a run::
     hsd:{run}:rollouts    stream, consumer group `learner`  (field r: RolloutGroup)
     hsd:{run}:deadletter  stream of rejected entries        (reason, detail, raw, source)
     hsd:{run}:peers:{id}  list, the peer bank of one prompt
-    hsd:{run}:state       hash: version, weights address, config hash, groups generated
+    hsd:{run}:state       hash: version, published (the newest version the weight service serves), weights
+                          address, config hash, status (running|stopped|done), lost versions, groups generated
     hsd:{run}:actors      hash: actor id -> weight version it generates with
     hsd:{run}:actor_metrics  hash: actor id -> its /metrics URL (hsd top finds joined actors)
 

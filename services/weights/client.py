@@ -1,4 +1,4 @@
-"""The actor's side of the WeightService: watch, fetch, verify, load.
+"""The actor's side of the WeightService: fetch, verify, load.
 
 A fetch is all or nothing: chunks are assembled into one buffer, every tensor's size and
 sha256 is checked against the manifest, and only then are tensors handed out. A corrupted
@@ -7,13 +7,9 @@ snapshot come over the service's bulk channel when the manifest advertises one (
 socket ranges received straight into that buffer), else over parallel Fetch streams; a
 client that reaches the service but not its bulk port says so once and keeps to Fetch.
 
-:class:`WeightFollower` keeps an actor current. States::
-
-    following ──Watch stream breaks──► reconnecting (backoff) ──stream back──► following
-        │ a newer version is announced
-        ▼
-    sync() between generation batches: fetch + verify + load (all or nothing);
-    on failure the actor keeps its current weights and tries again at the next sync()
+:class:`WeightFollower` keeps an actor current: between generation batches it loads the
+newest published version (fetch + verify + load, all or nothing); on failure the actor
+keeps its current weights and tries again at the next batch.
 """
 
 from __future__ import annotations
@@ -298,22 +294,30 @@ def load_into_model(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor])
 
 
 class WeightFollower:
-    """Tracks the newest published version in the background; applies it on ``sync()``.
+    """Keeps an actor current: ``sync()``, between generation batches (the caller's
+    thread), loads the newest published version if it is newer than the one loaded.
     ``apply`` must copy the tensors it is given: their buffer receives the next version.
 
-    ``current_address`` (optional) says where the weight service is now: whenever the
+    ``newest_version`` says which version is the newest published. An actor reads it from
+    its run's Redis, where the learner records each version once the weight service serves
+    it: following costs the service nothing per actor — no stream, no thread, no call
+    until there is something to fetch — so the number of actors is bounded by Redis (one
+    HGET a batch each), not by the service's threads. Without it, the follower asks the
+    service (GetLatest: one short call per sync). The service's Watch stream stays for
+    other clients, in threads of its own (``weights.max_watchers``).
+
+    ``current_address`` (optional) says where the weight service is now: when the
     service is unreachable, the follower asks it and moves to a new address (a learner
     restarted on another port), so a restarted learner's versions reach the actors.
 
-    Lifecycle of the watch thread::
+    sync()::
 
-        start ─► watch(address) ─► manifests announced ─► sync() loads the newest
-                   │ RpcError                                       (caller's thread)
-                   ▼
-                 address moved? ─yes─► new client (old one closed) ─┐
-                   │ no                                              │
-                   └──── back off (jittered, ≤ 5 s) ◄────────────────┘
-        stop ─► stream cancelled, thread joined
+        newest_version() ── not above the loaded one ──► False
+          │ above
+          ▼
+        GetLatest ─► manifest ─► Fetch, verify ─► apply ─► True
+          │ RpcError or corrupt: keep the current weights ─► False (the next sync retries)
+          └ unreachable: address moved? ─► a new client (the old one closed)
     """
 
     def __init__(
@@ -323,98 +327,61 @@ class WeightFollower:
         *,
         current_version: int = -1,
         on_sync_seconds: Callable[[float], None] | None = None,
+        newest_version: Callable[[], int | None] | None = None,
         current_address: Callable[[], str | None] | None = None,
         connect: Callable[[str], WeightClient] | None = None,
     ) -> None:
         self.client = client
         self.apply = apply
+        self.newest_version = newest_version or self._latest_version
         self.current_address = current_address
         self.connect = connect
         self.version = current_version
-        self.announced: pb.Manifest | None = None
         self.on_sync_seconds = on_sync_seconds
-        self.connected = threading.Event()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._stream = None
-        self._thread = threading.Thread(target=self._follow, name="weight-watch", daemon=True)
 
-    def start(self) -> WeightFollower:
-        self._thread.start()
-        return self
+    def _latest_version(self) -> int | None:
+        try:
+            return self.client.latest().version
+        except grpc.RpcError as err:
+            self._unreachable(err)
+            return None
 
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._stream is not None:
-                self._stream.cancel()
-        self._thread.join(timeout=5)
-
-    def _follow(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                stream = self.client.watch(self.version)
-                with self._lock:
-                    self._stream = stream
-                for manifest in stream:
-                    self.connected.set()
-                    delay = 0.1
-                    with self._lock:
-                        if self.announced is None or manifest.version > self.announced.version:
-                            self.announced = manifest
-            except grpc.RpcError as err:
-                if self._stop.is_set():
-                    return
-                self.connected.clear()
-                log.info("weight service %s unreachable (%s); retrying in %.1fs",
-                         self.client.address, err.code(), delay)
-                self._follow_address()
-            self._stop.wait(delay * (0.5 + _jitter.random()))
-            delay = min(delay * 2, 5.0)
-
-    def _follow_address(self) -> None:
+    def _unreachable(self, err: grpc.RpcError) -> None:
+        log.info("weight service %s: %s", self.client.address, err.code())
         if self.current_address is None or self.connect is None:
             return
         try:
             address = self.current_address()
-        except Exception as err:  # the address book (Redis) may be down too: keep trying the old one
-            log.info("cannot look up the weight service's address: %s", err)
+        except Exception as lookup:  # the address book (Redis) may be down too: keep trying the old one
+            log.info("cannot look up the weight service's address: %s", lookup)
             return
         if address and address != self.client.address:
             log.info("weight service moved: %s -> %s", self.client.address, address)
-            with self._lock:
-                old, self.client = self.client, self.connect(address)
-                self.announced = None
+            old, self.client = self.client, self.connect(address)
             old.close()
 
-    def _reannounce(self) -> None:
-        try:
-            latest = self.client.latest()
-        except grpc.RpcError:
-            return
-        with self._lock:
-            self.announced = latest
-
-    def pending(self) -> pb.Manifest | None:
-        with self._lock:
-            a = self.announced
-        return a if a is not None and a.version > self.version else None
+    def pending(self) -> int | None:
+        """The newest published version, if it is newer than the loaded one."""
+        newest = self.newest_version()
+        return newest if newest is not None and newest > self.version else None
 
     def sync(self) -> bool:
-        """Load the newest announced version if it is newer; False if nothing changed or
+        """Load the newest published version if it is newer; False if nothing changed or
         the fetch failed (the current weights stay)."""
-        manifest = self.pending()
-        if manifest is None:
+        if self.pending() is None:
             return False
         start = time.perf_counter()
         try:
+            manifest = self.client.latest()
+            if manifest.version <= self.version:
+                return False
             tensors = self.client.fetch(manifest)
-        except (grpc.RpcError, WeightCorruption) as err:
-            code = err.code() if isinstance(err, grpc.RpcError) else "corrupt"
-            log.warning("keeping version %d: fetching %d failed (%s)", self.version, manifest.version, code)
-            if code == grpc.StatusCode.NOT_FOUND:
-                self._reannounce()  # evicted meanwhile: ask for what is there now
+        except grpc.RpcError as err:
+            log.warning("keeping version %d: the newest could not be fetched (%s)", self.version, err.code())
+            self._unreachable(err)
+            return False
+        except WeightCorruption as err:
+            log.warning("keeping version %d: version %d arrived corrupt (%s)", self.version, manifest.version, err)
             return False
         self.apply(tensors, manifest.version)
         del tensors

@@ -153,6 +153,14 @@ def test_hsd_run_end_to_end(tmp_path, tiny_model_dir):
     assert {str(r["step"]) for r in records if r["kind"] == "eval"} == set(summary["eval_accuracy_by_step"])
     assert all("grad_norm" in r and "reward_mean" in r for r in records if r["kind"] == "step")
     assert not any("\r" in (run_dir / name).read_text() for name in ("learner.log", "actor-0.log"))
+    # the same curves as TensorBoard event files, read back by TensorBoard's own reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    rewards = {e.step: e.value for e in board.Scalars("train/reward_mean")}
+    assert rewards == pytest.approx({r["step"]: r["reward_mean"] for r in records if r["kind"] == "step"})
+    assert {str(e.step) for e in board.Scalars("eval/accuracy")} == set(summary["eval_accuracy_by_step"])
     from transformers import AutoModelForCausalLM
 
     # the final checkpoint (taken at the stop) is an HF folder holding the trained weights

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import urllib.request
 
 import numpy as np
@@ -35,7 +36,7 @@ def _overrides(run: str, model_dir) -> list[str]:
 
 def _announce(client, config, server: WeightServer) -> None:
     client.hset(Keys(config.run.name).state, mapping={
-        "weights": server.address, "config_hash": config_hash(config), "version": 0})
+        "weights": server.address, "config_hash": config_hash(config), "version": 0, "published": 0})
 
 
 _problems = ArithTask().problems("train", seed=1)
@@ -118,7 +119,8 @@ def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_
     # a new version: loaded between batches, and the next group says so
     new = {k: v * 0.5 for k, v in actor.engine.model.state_dict().items()}
     weight_server.publish(1, new)
-    wait_until(lambda: actor.follower.pending() is not None, 90, "the Watch stream did not announce version 1")
+    client.hset(Keys("actor1").state, "published", 1)  # what the learner records once it is served
+    assert actor.follower.pending() == 1
     _admit(client, "actor1", 1)
     wait_until(lambda: actor.step(block_ms=200) is not None and len(_groups(client, "actor1")) >= 3, 120,
                "the actor wrote no group after version 1", interval_s=0)
@@ -211,3 +213,16 @@ def test_actor_process_health_metrics_sigterm_and_reclaim_after_kill_9(
     finally:
         rescuer.send_signal(signal.SIGTERM)
         rescuer.wait(timeout=30)
+
+
+def test_an_actor_leaves_when_the_run_has_finished(client, tiny_model_dir, weight_server):
+    """A joined actor does not outlive its run: the learner's status "done" ends its loop."""
+    config = load_config(environ={}, overrides=_overrides("actor-done", tiny_model_dir))
+    _announce(client, config, weight_server)
+    actor = _actor(client, config, tiny_model_dir)
+    actor.join()
+    client.hset(Keys("actor-done").state, "status", "done")
+    finished = threading.Thread(target=actor.run, daemon=True)
+    finished.start()
+    finished.join(timeout=60)
+    assert not finished.is_alive(), "the actor went on after its run had finished"

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["local", "gpu"]
 CRD_KINDS = {"PodMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication"}
 METRIC = re.compile(r"\bhsd_[a-z0-9_]+\b")
+SELECTOR = re.compile(r"\{[^}]*\}")
 
 
 def _build(overlay: str) -> list[dict]:
@@ -111,9 +112,18 @@ def test_each_overlay_config_is_valid_and_the_autoscaler_reads_its_run_s_stream(
     docs = _build(overlay)
     for so in (d for d in docs if d["kind"] == "ScaledObject"):
         assert so["spec"]["triggers"][0]["metadata"]["stream"] == f"hsd:{config.run.name}:prompts"
+        # KEDA's operator dials Redis from its own namespace: the address names the run's
+        redis = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "hsd-redis")
+        namespace = redis["metadata"]["namespace"]
+        assert so["spec"]["triggers"][0]["metadata"]["address"] == f"hsd-redis.{namespace}.svc.cluster.local:6379"
         redis_policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "hsd-redis")
         assert any(f.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name") == "keda"
                    for rule in redis_policy["spec"]["ingress"] for f in rule["from"]), "KEDA cannot reach Redis"
+    # every pod carries the run's name, which Prometheus copies into the dashboard's run label
+    templates = [d["spec"]["template"] for d in docs if d["kind"] in ("StatefulSet", "Deployment")]
+    assert templates and all(t["metadata"]["labels"]["hsd-run"] == config.run.name for t in templates)
+    monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert monitor["spec"]["podTargetLabels"] == ["hsd-run"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -153,7 +163,9 @@ def test_every_metric_name_in_dashboards_alerts_and_autoscalers_is_exported():
     exported = _exported_names()
     used: dict[str, set[str]] = {}
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "hsd-dashboard.json").read_text())
-    used["dashboard"] = {m for p in dashboard["panels"] for t in p["targets"] for m in METRIC.findall(t["expr"])}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    # a name inside {...} is a label (hsd_run), not a metric
+    used["dashboard"] = {m for p in panels for t in p["targets"] for m in METRIC.findall(SELECTOR.sub("", t["expr"]))}
     docs = _build("local")
     used["alerts"] = {m for g in _rules(docs)["groups"] for r in g["rules"] for m in METRIC.findall(r["expr"])}
     hpa = next(d for d in docs if d["kind"] == "HorizontalPodAutoscaler")
@@ -166,6 +178,24 @@ def test_every_metric_name_in_dashboards_alerts_and_autoscalers_is_exported():
                       "HsdWeightSyncSlow", "HsdRewardCollapse", "HsdHeldOutAccuracyRegressed"}
 
 
+def test_every_dashboard_panel_has_units_and_is_scoped_to_the_chosen_runs():
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "hsd-dashboard.json").read_text())
+    assert "run" in {v["name"] for v in dashboard["templating"]["list"]}
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = [p["title"] for p in panels]
+    for health in ("Held-out accuracy", "Rewards", "Gradient norm (before clipping)", "Policy entropy",
+                   "Response length"):
+        assert health in titles
+    for p in panels:
+        assert p["fieldConfig"]["defaults"].get("unit"), f"{p['title']}: no unit"
+        refs = {t["refId"] for t in p["targets"]}
+        for o in p["fieldConfig"]["overrides"]:  # a series of another unit: its own unit and axis
+            assert o["matcher"]["options"] in refs and {x["id"] for x in o["properties"]} == {"unit", "custom.axisPlacement"}
+        for t in p["targets"]:
+            selectors = re.findall(r"\bhsd_[a-z0-9_]+(\{[^}]*\})?", t["expr"])
+            assert selectors and all('hsd_run=~"$run"' in s for s in selectors), f"{p['title']}: {t['expr']}"
+
+
 def test_alert_rules_pass_promtool(tmp_path):
     if shutil.which("promtool") is None:
         pytest.skip("promtool is not installed (Debian's `prometheus` package ships it)")
@@ -173,4 +203,4 @@ def test_alert_rules_pass_promtool(tmp_path):
     rules.write_text(yaml.safe_dump(_rules(_build("local"))))
     out = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 5 rules found" in out.stdout
+    assert "SUCCESS: 7 rules found" in out.stdout

@@ -238,7 +238,6 @@ def test_a_resume_drops_what_lost_versions_generated_and_actors_follow_the_new_l
     assert {g.policy_version for g in sample(2)} == {4}
     resumed.run(steps=4)  # step 3 retrains the uncheckpointed version-0 groups, step 4 the version-4 ones
     actor.stop()
-    actor.follower.stop()
     resumed.close()
     assert registry.get_sample_value("hsd_replay_dropped_total", {"reason": "lost"}) == 2
     assert resumed.trained_groups == 4 and client.xlen(keys.rollouts) == 0

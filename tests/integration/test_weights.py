@@ -434,8 +434,8 @@ def test_follower_keeps_its_weights_while_the_service_is_down_and_catches_up():
     server = WeightServer(port=0, chunk_bytes=CHUNK).start()
     port = server.port
     server.publish(1, _state(1))
-    follower = WeightFollower(WeightClient(server.address), lambda t, v: applied.append(v)).start()
-    assert _until(lambda: follower.pending() is not None)
+    follower = WeightFollower(WeightClient(server.address), lambda t, v: applied.append(v))  # asks GetLatest
+    assert follower.pending() == 1
     assert follower.sync() and follower.version == 1
     server.stop(grace=0)
     assert follower.sync() is False and follower.version == 1  # nothing new; generation goes on
@@ -443,11 +443,31 @@ def test_follower_keeps_its_weights_while_the_service_is_down_and_catches_up():
     try:
         server.publish(2, _state(2))
         server.publish(3, _state(3))
-        assert _until(lambda: follower.pending() is not None and follower.pending().version == 3, 15)
+        assert _until(lambda: follower.pending() == 3, 15)
         assert follower.sync() and follower.version == 3
         assert applied == [1, 3]
     finally:
-        follower.stop()
+        server.stop(grace=0)
+
+
+def test_followers_hold_no_service_thread_between_versions():
+    """Actors learn of a new version from the run's Redis (here: a shared number), so a
+    service with 2 worker threads and no watcher threads serves 100 followers: none holds
+    a call while it waits, and each fetches the new version when it is announced."""
+    server = WeightServer(port=0, chunk_bytes=CHUNK, max_workers=2, max_watchers=0).start()
+    announced = {"version": 1}
+    server.publish(1, _state(1))
+    followers = [WeightFollower(WeightClient(server.address), lambda t, v: None,
+                                newest_version=lambda: announced["version"]) for _ in range(100)]
+    try:
+        assert all(f.sync() for f in followers) and {f.version for f in followers} == {1}
+        assert not any(f.sync() for f in followers)  # nothing new: no call made, nothing loaded
+        server.publish(2, _state(2))
+        announced["version"] = 2  # what the learner records once the service serves it
+        assert all(f.sync() for f in followers) and {f.version for f in followers} == {2}
+    finally:
+        for f in followers:
+            f.client.close()
         server.stop(grace=0)
 
 
