@@ -41,7 +41,8 @@ from methods.hsd import hsd_input
 from methods.opsd import opsd_input
 from methods.sdzero import reviser_context
 
-MAX_TOKENS = 160  # a k = 6 attempt, the revision phrase and a revision: what an SRT model may write
+ATTEMPT_TOKENS = 64  # a k = 6 chain is 42 tokens
+SRT_TOKENS = 160  # a k = 6 attempt, the revision phrase and a revision: what an SRT model may write
 
 
 @dataclass
@@ -105,12 +106,12 @@ class Failures:
     resample_success: list[float]  # per failed sample: its problem's other samples' success rate
 
 
-def failures(engine: HFEngine, held_out: list[Any], samples: int) -> Failures:
+def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: int = ATTEMPT_TOKENS) -> Failures:
     tok = engine.tokenizer
     scorer = _Scorer(engine.model, tok)
     task = ChainTask()
     groups = engine.generate([render_prompt_ids(tok, p.prompt) for p in held_out],
-                             SamplingSettings(n=samples, max_tokens=MAX_TOKENS))
+                             SamplingSettings(n=samples, max_tokens=max_tokens))
     success, failed, resample = [], [], []
     for p, group in zip(held_out, groups, strict=True):
         peer = tok.encode(p.reference, add_special_tokens=False) + [tok.eos_token_id]
@@ -158,7 +159,8 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     task = ChainTask()
     held_out = list(itertools.islice(task.problems("test", seed=seed), problems))
     torch.manual_seed(seed)
-    f = failures(engine, held_out, samples)
+    # a model after SRT may answer with attempt, revision phrase and revision in one response
+    f = failures(engine, held_out, samples, SRT_TOKENS if reviser_path else ATTEMPT_TOKENS)
 
     # G1a: reproduce a successful peer
     copies = engine.generate([hsd_input(tok, p.prompt, [], p.reference).ids for p in held_out],
@@ -213,7 +215,7 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     else:
         reviser = HFEngine.from_pretrained(reviser_path)
         contexts = [reviser_context(tok, p.prompt, y, False) for p, y in zip(f.problems, f.responses, strict=True)]
-        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=MAX_TOKENS))
+        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=SRT_TOKENS))
         accuracy = _mean([task.score(g[0].text, p).success for p, g in zip(f.problems, revised, strict=True)])
         resampled = _mean(f.resample_success)
         what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − the student's on "
