@@ -51,7 +51,8 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """H(softmax(z)) = logsumexp(z) − Σ_v softmax(z)_v · z_v, in float32: [..., V] -> [...]."""
     z = logits.float()
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    return lse.squeeze(-1) - (torch.exp(z - lse) * z).sum(-1)
+    p = (z - lse).exp_()  # the one [..., V] temporary beside z (in place from here)
+    return lse.squeeze(-1) - p.mul_(z).sum(-1)
 
 
 def pad_batch(

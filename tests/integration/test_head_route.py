@@ -2,7 +2,8 @@
 logits a chunk of rows at a time) trains exactly like the dense route (whole logits from
 the model's forward), and so does the head route over packed micro-batches
 (``learner.packing``: one row, no padding): for every method and both loss forms, the same
-loss, credit δ, π_θold, entropy and gradients within 1e-5, over two epochs (the second one
+loss, credit δ, π_θold, entropy and gradients within 1e-5 (packed: the norms within 1e-5
+relative, gradients within 5e-5), over two epochs (the second one
 with r_t ≠ 1), and in small chunks (many per micro-batch) and micro-batches (many per step)."""
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ def test_the_head_route_trains_like_the_dense_route(tiny_model_dir, method, loss
         assert head.metrics[key] == pytest.approx(dense.metrics[key], abs=1e-5), key
     packed, packed_grads = runs["packed"]
     for key in ("loss", "grad_norm", "teacher_kl", "credit_sq", "rho_mean", "entropy"):
-        assert packed.metrics[key] == pytest.approx(head.metrics[key], abs=1e-5), f"packed: {key}"
+        # other summation orders in attention: within 1e-5, relative for the norms (≈ 4 here)
+        assert packed.metrics[key] == pytest.approx(head.metrics[key], rel=1e-5, abs=1e-5), f"packed: {key}"
     for k, delta in head.credit.items():
         torch.testing.assert_close(packed.credit[k], delta, rtol=0, atol=1e-5)
     for name, g in head_grads.items():
-        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=1e-5, msg=f"packed: {name}")
+        # the masked attention sums in another order than the fused causal kernel: seen 1.7e-5
+        torch.testing.assert_close(packed_grads[name], g, rtol=1e-4, atol=5e-5,
+                                   msg=lambda m, name=name: f"packed: {name}: {m}")
     # the policy's entropy over the response tokens, by the model's own forward, sample by sample
     model, total, tokens = AutoModelForCausalLM.from_pretrained(tiny_model_dir), 0.0, 0
     with torch.no_grad():
