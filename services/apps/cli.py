@@ -322,7 +322,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(f"the claim is falsified if: {FALSIFICATION}", flush=True)
     results = compare(make_config, protocol, out,
                       lambda c: Launcher(c, protocol.actors, resolve_model(c.model.path), show_progress=False).run())
-    print(f"learning rate {results['lr']:g} (GRPO's best of {', '.join(f'{x:g}' for x in protocol.lrs)})")
+    print(f"learning rate {results['lr']:g} (GRPO's best of {', '.join(f'{x:g}' for x in protocol.lrs)} "
+          "among those with no collapsed sweep run)")
     print(markdown(results["analysis"], protocol.methods), end="")
     print(f"verdict: {json.dumps(results['analysis']['verdict'])}")
     print(f"results, table and plots in {out} ({results['wall_seconds'] / 60:.1f} min)")
@@ -337,7 +338,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default tiny,tiny-seed2)")
     p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")
     p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
-    p.add_argument("--lrs", help="GRPO's learning rates to sweep (default 3e-5,1e-4,3e-4; one value: no sweep)")
+    p.add_argument("--lrs", help="GRPO's learning rates to sweep (default 1e-4,2e-4,3e-4; one value: no sweep)")
     p.add_argument("--srt-steps", type=int, help="steps of SD-Zero's SRT phase (default 8)")
     p.add_argument("--srt-lr", type=float, help="learning rate of the SRT phase (supervised; default 1e-4)")
     p.add_argument("--max-response-tokens", type=int,

@@ -2,7 +2,8 @@
 
 ::
 
-    1 lr sweep     grpo × lrs × warm starts × sweep seeds ──► lr (best mean final held-out)
+    1 lr sweep     grpo × lrs × warm starts × sweep seeds ──► lr (best mean final held-out
+                   among the lrs none of whose sweep runs collapsed)
     2 SRT          srt from each warm start at its own (supervised) lr ──► SRT model: sdzero's
                    student and frozen teacher;
                    its attempts + revisions count in sdzero's sample budget; gates G1–G4
@@ -17,7 +18,11 @@ the model: its warm start's SRT model); they draw the same prompts and are evalu
 the same held-out problems with the same sampling seed, so their differences are paired.
 The sweep's seeds are not the grid's: the lr is chosen on other runs than the ones compared,
 on the same held-out split (a choice that favours the baseline it is tuned for), on every
-warm start (an lr that suits one warm start can collapse GRPO on another). Every run gets
+warm start (an lr that suits one warm start can collapse GRPO on another), with more than
+one seed each: an lr at which any sweep run ends below where it started is out, so that
+the baseline the methods are compared with is a GRPO that trains, not one that diverges
+on some seeds (with one seed per warm start, 3e-4 won and then collapsed 2 of 5 grid runs
+on one warm start). Every run gets
 the same response budget, one that holds an SRT model's attempt, revision phrase and
 revision (≈ 140 tokens at k = 6); the other methods stop at their end token well before it.
 
@@ -58,8 +63,8 @@ class Protocol:
     steps: int = 12
     eval_every: int = 6
     eval_problems: int = 1024
-    lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
-    sweep_seeds: tuple[int, ...] = (100,)
+    lrs: tuple[float, ...] = (1e-4, 2e-4, 3e-4)
+    sweep_seeds: tuple[int, ...] = (100, 101)
     srt_steps: int = 8
     srt_lr: float = 1e-4  # supervised; 3e-4 lowered the student and the reviser (README)
     max_response_tokens: int = 160
@@ -197,8 +202,7 @@ class Experiment:
             (lambda lr=lr, ws=ws, seed=seed: self._one(f"sweep-lr{lr:g}-ws{ws}-seed{seed}", BASELINE, ws, seed, lr,
                                                        p.steps))
             for lr in p.lrs for ws in range(len(p.warm_starts)) for seed in p.sweep_seeds])
-        best = max(p.lrs, key=lambda lr: statistics.fmean(r.final for r in runs if r.lr == lr))
-        return best, runs
+        return best_lr(runs, p.lrs), runs
 
     def srt(self) -> list[RunResult]:
         return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", "srt", ws, 0, self.p.srt_lr, self.p.srt_steps))
@@ -215,6 +219,21 @@ class Experiment:
                     jobs.append(lambda m=method, ws=ws, seed=seed, model=model, before=before: self._one(
                         f"{m}-ws{ws}-seed{seed}", m, ws, seed, lr, self.p.steps, model, before))
         return self._map(jobs)
+
+
+def collapsed(run: RunResult) -> bool:
+    """The run ended below the held-out accuracy it started from."""
+    return run.final < run.accuracy_by_step[min(run.accuracy_by_step)]
+
+
+def best_lr(sweep: list[RunResult], lrs: Sequence[float]) -> float:
+    """GRPO's lr: the best mean final accuracy among the lrs with no collapsed sweep run;
+    where every lr has one, the one with the fewest collapses (then the best mean)."""
+    def rank(lr: float) -> tuple[int, float]:
+        mine = [r for r in sweep if r.lr == lr]
+        return -sum(map(collapsed, mine)), statistics.fmean(r.final for r in mine)
+
+    return max(lrs, key=rank)
 
 
 def srt_model(run: RunResult) -> str:
@@ -359,20 +378,33 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    phase_seconds: dict[str, float] = {}
+
+    def timed(phase: str, work: Callable[[], Any]) -> Any:
+        begun = time.monotonic()
+        result = work()
+        phase_seconds[phase] = round(time.monotonic() - begun, 1)
+        return result
+
     e = Experiment(make_config, protocol, out, run)
-    lr, sweep = e.sweep()
+    lr, sweep = timed("sweep", e.sweep)
+    for x in protocol.lrs:
+        mine = [r for r in sweep if r.lr == x]
+        if mine:
+            log.info("sweep lr %g: mean final %.3f, %d of %d runs collapsed", x,
+                     statistics.fmean(r.final for r in mine), sum(map(collapsed, mine)), len(mine))
     log.info("learning rate %g (swept %s)", lr, protocol.lrs)
-    srt = e.srt() if "sdzero" in protocol.methods else []
-    srt_gates = [report(measure(srt_model(r), problems=protocol.alignment_problems // 4,
-                                reviser_path=srt_model(r))) for r in srt]
-    runs = e.grid(lr, srt)
-    alignment = {str(ws): credit_alignment(model, protocol.alignment_problems)
-                 for ws, model in enumerate(protocol.warm_starts)}
+    srt = timed("srt", e.srt) if "sdzero" in protocol.methods else []
+    srt_gates = timed("srt_gates", lambda: [report(measure(srt_model(r), problems=protocol.alignment_problems // 4,
+                                                           reviser_path=srt_model(r))) for r in srt])
+    runs = timed("grid", lambda: e.grid(lr, srt))
+    alignment = timed("mechanism", lambda: {str(ws): credit_alignment(model, protocol.alignment_problems)
+                                            for ws, model in enumerate(protocol.warm_starts)})
     analysis = analyse(runs, protocol.methods)
     results = {"protocol": asdict(protocol), "lr": lr, "sweep": [asdict(r) for r in sweep],
                "srt": [asdict(r) for r in srt], "srt_gates": srt_gates, "runs": [asdict(r) for r in runs],
                "credit_alignment": alignment, "analysis": analysis,
-               "wall_seconds": round(time.monotonic() - started, 1)}
+               "phase_seconds": phase_seconds, "wall_seconds": round(time.monotonic() - started, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.md").write_text(markdown(analysis, protocol.methods))
     plot_accuracy(runs, protocol.methods, out / "accuracy.png")

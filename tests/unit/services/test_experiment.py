@@ -3,6 +3,7 @@ quantiles from published tables, paired differences by numpy, the pre-stated ver
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ from services.apps.experiment import (
     Paired,
     RunResult,
     analyse,
+    best_lr,
     markdown,
     paired,
     t_quantile,
@@ -104,21 +106,38 @@ def test_the_sweep_picks_grpo_s_best_mean_lr_and_the_grid_pairs_every_method(tmp
     def run(c):
         ran.append((c.algorithm.method, c.learner.lr, c.run.seed, c.model.path))
         assert c.model.max_response_tokens == 160  # every run: the budget an SRT model's stream needs
-        # 3e-4 is best on the first warm start and collapses on the second: the mean over both decides
-        final = {3e-5: 0.6, 1e-4: 0.7, 3e-4: 0.8 if c.model.path == "ws-a" else 0.3}[c.learner.lr]
-        return {"eval_accuracy_by_step": {"0": 0.5, "12": final + 0.01 * c.run.seed}}
+        # 3e-4 has the best mean but one of its runs ends below its start (0.5): it is out
+        collapses = c.learner.lr == 3e-4 and c.model.path == "ws-b" and c.run.seed == p.sweep_seeds[-1]
+        final = 0.45 if collapses else {1e-4: 0.6, 2e-4: 0.7, 3e-4: 0.9}[c.learner.lr]
+        return {"eval_accuracy_by_step": {"0": 0.5, "12": final + 0.001 * (c.run.seed % 10)}}
 
     p = Protocol(warm_starts=("ws-a", "ws-b"), methods=("grpo", "hsd"), seeds=2)
     e = Experiment(make_config, p, tmp_path, run)
     lr, sweep = e.sweep()
-    assert lr == 1e-4 and len(sweep) == 6 and {r.seed for r in sweep} == set(p.sweep_seeds)
+    assert statistics.fmean(r.final for r in sweep if r.lr == 3e-4) > statistics.fmean(
+        r.final for r in sweep if r.lr == 2e-4)
+    assert lr == 2e-4 and len(sweep) == 12 and {r.seed for r in sweep} == set(p.sweep_seeds)
     assert {(path, lr_) for m, lr_, _, path in ran} == {(w, x) for w in ("ws-a", "ws-b") for x in p.lrs}
     assert all(m == "grpo" for m, _, _, _ in ran)
     (srt,) = [Experiment(make_config, replace(p, warm_starts=("ws-a",)), tmp_path, run).srt()]
     assert [(r.method, r.lr) for r in srt] == [("srt", p.srt_lr)]
-    del ran[6:]
+    del ran[12:]
     runs = e.grid(lr, srt=[])
     assert sorted((r.method, r.warm_start, r.seed) for r in runs) == \
         sorted((m, w, s) for m in ("grpo", "hsd") for w in (0, 1) for s in (0, 1))
-    assert {(m, path) for m, lr_, _, path in ran[6:]} == {(m, w) for m in ("grpo", "hsd") for w in ("ws-a", "ws-b")}
-    assert all(lr_ == 1e-4 for _, lr_, _, _ in ran[6:])
+    assert {(m, path) for m, lr_, _, path in ran[12:]} == {(m, w) for m in ("grpo", "hsd") for w in ("ws-a", "ws-b")}
+    assert all(lr_ == 2e-4 for _, lr_, _, _ in ran[12:])
+
+
+def test_best_lr_prefers_fewer_collapses_over_a_higher_mean():
+    def run(lr, start, final):
+        return RunResult(name="r", method="grpo", warm_start=0, seed=0, lr=lr, dir="d", samples_before=0,
+                         samples_per_step=1, accuracy_by_step={0: start, 12: final}, accuracy_by_length={},
+                         reference_logprob=None, wall_seconds=0.0)
+
+    # every lr collapses somewhere: 1e-4 once, 3e-4 twice with the best mean
+    sweep = [run(1e-4, 0.5, 0.49), run(1e-4, 0.5, 0.6), run(3e-4, 0.5, 0.48), run(3e-4, 0.5, 0.45),
+             run(3e-4, 0.5, 0.99), run(3e-4, 0.5, 0.99)]
+    assert best_lr(sweep, (1e-4, 3e-4)) == 1e-4
+    # none collapses: the mean decides
+    assert best_lr([run(1e-4, 0.5, 0.6), run(3e-4, 0.5, 0.7)], (1e-4, 3e-4)) == 3e-4
