@@ -40,7 +40,7 @@ soak: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 
-# the methods compared on the embedded default (hsd compare; 59 min on 2 cores; --quick: ~2 min)
+# the methods compared on the embedded default (hsd compare; 39 min on 2 cores; --quick: ~1 min)
 reproduce: venv
 	$(BIN)/hsd compare $(ARGS)
 
