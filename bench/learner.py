@@ -2,7 +2,9 @@
 
 - HSD step time / GRPO step time: the teacher's overhead (goal ≤ 1.5);
 - GRPO step tokens/s against a bare forward + backward + AdamW step over the same
-  student sequences (goal ≥ 0.8).
+  student sequences (goal ≥ 0.8);
+- ``--full``: GRPO and HSD step time with ``learner.compile`` against the eager learner
+  (goal ≤ 1.0), and both figures above for a smaller and a larger model.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def make_batch(tokenizer, groups: int, g: int, length: int, seed: int = 0) -> li
     return out
 
 
+def _trainer(path, tokenizer, batch, method: str, compiled: bool = False):
+    """(trainer, its samples of ``batch``) for ``method`` on the model at ``path``."""
+    config = load_config(environ={}, overrides=[f'algorithm.method="{method}"', "learner.lr=1e-6",
+                                                "learner.microbatch_tokens=100000",
+                                                f"learner.compile={str(compiled).lower()}"])
+    trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(path), config, tokenizer.pad_token_id)
+    return trainer, build_samples(batch, tokenizer, make_method(config.algorithm))
+
+
+def _steps_per_s(trainer, samples) -> float:
+    t = time.perf_counter()
+    trainer.train_step(samples)
+    return 1.0 / (time.perf_counter() - t)
+
+
 def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[float, float], tuple[float, float], int]:
     """(HSD, GRPO) steps/s and (GRPO, bare) tokens/s on one batch for a model of ``sizes``."""
     torch.manual_seed(0)
@@ -64,18 +81,12 @@ def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[flo
         batch = make_batch(tokenizer, 4, 8, length)
         trainers, samples = {}, {}
         for method in ("grpo", "hsd"):
-            config = load_config(environ={}, overrides=[f'algorithm.method="{method}"', "learner.lr=1e-6",
-                                                        "learner.microbatch_tokens=100000"])
-            model = AutoModelForCausalLM.from_pretrained(path)
-            trainers[method] = TorchTrainer(model, config, tokenizer.pad_token_id)
-            samples[method] = build_samples(batch, tokenizer, make_method(config.algorithm))
+            trainers[method], samples[method] = _trainer(path, tokenizer, batch, method)
         tokens = sum(s.length for s in samples["grpo"])
         params = sum(p.numel() for p in trainers["grpo"].model.parameters())
 
         def step(method: str) -> float:
-            t = time.perf_counter()
-            trainers[method].train_step(samples[method])
-            return 1.0 / (time.perf_counter() - t)  # steps/s
+            return _steps_per_s(trainers[method], samples[method])
 
         bare_model = AutoModelForCausalLM.from_pretrained(path)
         bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-6)
@@ -97,6 +108,22 @@ def measure(sizes: dict[str, int], length: int, repeats: int) -> tuple[tuple[flo
     return steps, rates, params
 
 
+def measure_compiled(method: str, length: int, repeats: int) -> tuple[float, float]:
+    """(compiled, eager) steps/s of ``method`` on one batch (``learner.compile``); the
+    compilation happens in the warm-up steps."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_tiny_model(tmp, seed=0, **SIZES)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        batch = make_batch(tokenizer, 4, 8, length)
+        compiled = _trainer(path, tokenizer, batch, method, compiled=True)
+        eager = _trainer(path, tokenizer, batch, method)
+        for _ in range(2):  # warm-up: the first steps compile (with and without gradients)
+            _steps_per_s(*compiled)
+            _steps_per_s(*eager)
+        return interleaved(lambda: _steps_per_s(*compiled), lambda: _steps_per_s(*eager), repeats)
+
+
 def run(quick: bool = True) -> list[Figure]:
     length = 64 if quick else 256
     (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 5)
@@ -106,7 +133,12 @@ def run(quick: bool = True) -> list[Figure]:
         Figure("learner_grpo_tokens_per_s", ours, baseline, ">= 0.8", "tokens/s",
                "vs bare forward+backward+AdamW of the same sequences"),
     ]
-    if not quick:  # scaling: the same figures for a smaller and a larger model (64-token responses)
+    if not quick:  # learner.compile against the eager learner, and scaling
+        for method in ("grpo", "hsd"):
+            fast, eager = measure_compiled(method, length, 5)
+            figures.append(Figure(f"learner_{method}_compiled_vs_eager_step_time", 1 / fast, 1 / eager, "<= 1.0",
+                                  "s/step", f"learner.compile, B=4 x G=8 x {length} tokens, CPU"))
+        # the same figures for a smaller and a larger model (64-token responses)
         for label, sizes in SCALING.items():
             (hsd, grpo), (ours, baseline), params = measure(sizes, 64, 5)
             figures += [

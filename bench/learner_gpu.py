@@ -78,17 +78,19 @@ def _samples(length: int, method: str):
     return out
 
 
-def _config(method: str, dtype: str, checkpointing: bool):
+def _config(method: str, dtype: str, checkpointing: bool, compiled: bool):
     from core.config import load_config
 
     return load_config(environ={}, overrides=[
         f'algorithm.method="{method}"', 'algorithm.teacher="frozen"', "learner.lr=1e-6",
         "learner.microbatch_tokens=16384", f'model.dtype="{dtype}"',
-        f"learner.activation_checkpointing={'true' if checkpointing else 'false'}"])
+        f"learner.activation_checkpointing={'true' if checkpointing else 'false'}",
+        f"learner.compile={'true' if compiled else 'false'}"])
 
 
-def _timed(step, repeats: int) -> float:
-    step()  # warm-up: allocator, kernels
+def _timed(step, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):  # allocator, kernels; learner.compile: the compilations
+        step()
     torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
@@ -105,25 +107,26 @@ def _free() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-def measure_trainer(method: str, length: int, dtype: str, checkpointing: bool, repeats: int,
+def measure_trainer(method: str, length: int, dtype: str, checkpointing: bool, compiled: bool, repeats: int,
                     share_contexts: bool = True) -> dict:
     from learner.trainer import TorchTrainer
 
     _free()
-    config = _config(method, dtype, checkpointing)
+    config = _config(method, dtype, checkpointing, compiled)
     trainer = TorchTrainer(_model(getattr(torch, dtype)), config, pad_id=0)
     trainer.share_contexts = share_contexts
     samples = _samples(length, method)
-    seconds = _timed(lambda: trainer.train_step(samples), repeats)
+    seconds = _timed(lambda: trainer.train_step(samples), repeats, warmup=2 if compiled else 1)
     out = {"seconds": seconds, "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
            "tokens": sum(len(s.student.ids) for s in samples),
            "params": sum(p.numel() for p in trainer.model.parameters())}
     return out
 
 
-def measure_bare(length: int, dtype: str, checkpointing: bool, repeats: int) -> dict:
+def measure_bare(length: int, dtype: str, checkpointing: bool, compiled: bool, repeats: int) -> dict:
     """Forward + backward + fused AdamW of the student sequences with the learner's fastest
-    settings (no mask, chunked head, the same precision) and a plain token-mean NLL."""
+    settings (no mask, chunked head, the same precision, the backbone compiled where the
+    learner's is) and a plain token-mean NLL."""
     from learner.batch import length_buckets
     from learner.logprobs import head_loss, response_hidden, split_causal_lm, token_logprobs
 
@@ -137,13 +140,15 @@ def measure_bare(length: int, dtype: str, checkpointing: bool, repeats: int) -> 
     inputs = [s.student for s in _samples(length, "grpo")]
     n_tok = sum(x.length for x in inputs)
     buckets = length_buckets([len(x.ids) for x in inputs], 16384)
+    backbone, weight = split_causal_lm(model)
+    if compiled:
+        backbone = torch.compile(backbone, dynamic=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         for bucket in buckets:
             batch = [inputs[k] for k in bucket]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                backbone, weight = split_causal_lm(model)
                 hidden, targets, mask = response_hidden(backbone, batch, 0, weight.device)
                 loss = head_loss(hidden, weight,
                                  lambda rows, z, t=targets, m=mask: -(token_logprobs(z, t[rows]) * m[rows]).sum() / n_tok,
@@ -152,7 +157,7 @@ def measure_bare(length: int, dtype: str, checkpointing: bool, repeats: int) -> 
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
 
-    seconds = _timed(step, repeats)
+    seconds = _timed(step, repeats, warmup=2 if compiled else 1)
     out = {"seconds": seconds, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
     return out
 
@@ -161,15 +166,16 @@ def _mfu(params: int, tokens: int, seconds: float) -> float:
     return 6 * params * tokens / seconds / PEAK_BF16_FLOPS
 
 
-def trainer_figures(length: int, dtype: str, checkpointing: bool, repeats: int) -> list[Figure]:
-    grpo = measure_trainer("grpo", length, dtype, checkpointing, repeats)
-    hsd = measure_trainer("hsd", length, dtype, checkpointing, repeats)
-    unshared = measure_trainer("hsd", length, dtype, checkpointing, repeats, share_contexts=False)
-    bare = measure_bare(length, dtype, checkpointing, repeats)
-    tag = f"{length}_{'bf16master' if dtype == 'bfloat16' else 'fp32autocast'}{'_ckpt' if checkpointing else ''}"
+def trainer_figures(length: int, dtype: str, checkpointing: bool, repeats: int, compiled: bool = False) -> list[Figure]:
+    grpo = measure_trainer("grpo", length, dtype, checkpointing, compiled, repeats)
+    hsd = measure_trainer("hsd", length, dtype, checkpointing, compiled, repeats)
+    unshared = measure_trainer("hsd", length, dtype, checkpointing, compiled, repeats, share_contexts=False)
+    bare = measure_bare(length, dtype, checkpointing, compiled, repeats)
+    tag = (f"{length}_{'bf16master' if dtype == 'bfloat16' else 'fp32autocast'}{'_ckpt' if checkpointing else ''}"
+           f"{'_compiled' if compiled else ''}")
     setting = (f"0.6B Qwen3 shape, B=32 x {length} tokens (+{PROMPT_TOKENS} prompt), microbatch 16384, "
                f"{'bf16 params + fp32 master' if dtype == 'bfloat16' else 'fp32 params, bf16 autocast'}"
-               f"{', activation checkpointing' if checkpointing else ''}")
+               f"{', activation checkpointing' if checkpointing else ''}{', learner.compile' if compiled else ''}")
     tokens, params = grpo["tokens"], grpo["params"]
     return [
         Figure(f"gpu_grpo_tokens_per_s_{tag}", tokens / grpo["seconds"], tokens / bare["seconds"], ">= 0.95",
@@ -251,6 +257,7 @@ def run(quick: bool = True) -> list[Figure]:
     figures += trainer_figures(2048, "float32", False, repeats)
     if not quick:
         figures += trainer_figures(2048, "bfloat16", False, repeats)
+        figures += trainer_figures(2048, "bfloat16", False, repeats, compiled=True)
     figures += hsd_run_figures(12)
     if not quick:
         figures += hsd_run_figures(12, prompts_per_batch=4)

@@ -156,6 +156,10 @@ class LearnerConfig(_Section):
     # diagonal mask is quadratic in the packed row (slower than padding on CPU)
     packing: bool = False
     """pack each micro-batch into one row (position ids restart per sequence) instead of padding"""
+    # the backbone through torch.compile (dynamic shapes) for the passes without a KV cache:
+    # fewer, fused elementwise kernels; the first steps pay for the compilation
+    compile: bool = False
+    """torch.compile the backbone for the cache-free passes (engine torch, head route)"""
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
     """steps between checkpoints (rollouts are acknowledged with them); 0: none"""
     credit_log_every: Annotated[int, Field(ge=0)] = 5
@@ -175,6 +179,8 @@ class LearnerConfig(_Section):
             return self
         import importlib.util
 
+        if self.compile:
+            raise ValueError("compile is built for engine 'torch' (DeepSpeed's engine wraps the model)")
         if importlib.util.find_spec("deepspeed") is None:
             raise ValueError("engine 'deepspeed' needs the deepspeed package: pip install --no-build-isolation "
                              "deepspeed (scripts/setup-venv does)")

@@ -126,8 +126,15 @@ class TorchTrainer:
         self.share_contexts = True
         self.head_route = logits_are_linear_in_hidden(model, PROBE_IDS)
         if not self.head_route:
-            log.warning("%s's logits are not h·Wᵀ: the learner computes whole logits (more memory)",
-                        type(model).__name__)
+            log.warning("%s's logits are not h·Wᵀ: the learner computes whole logits (more memory)%s",
+                        type(model).__name__, ", uncompiled" if config.learner.compile else "")
+        # learner.compile: the cache-free passes of this model's backbone run compiled. The
+        # shared-context teacher pass and generation keep the plain module: their KV cache's
+        # shapes and strides change with every call and would recompile it each time.
+        self.compiled: tuple[torch.nn.Module, torch.nn.Module] | None = None
+        if config.learner.compile and self.head_route:
+            backbone = split_causal_lm(model)[0]
+            self.compiled = (backbone, torch.compile(backbone, dynamic=True))
 
     # ------------------------------------------------------------------ engine hooks
     # A data-parallel engine (learner.deepspeed_trainer) overrides these; the step itself
@@ -236,6 +243,8 @@ class TorchTrainer:
 
     def _response_hidden(self, backbone: torch.nn.Module, inputs: Sequence[ScoringInput]):
         """The backbone's states at the response positions: packed or padded (``learner.packing``)."""
+        if self.compiled and backbone is self.compiled[0]:
+            backbone = self.compiled[1]
         if self.config.learner.packing:
             return packed_response_hidden(backbone, inputs, self.device)
         return response_hidden(backbone, inputs, self.pad_id, self.device)

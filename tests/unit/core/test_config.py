@@ -63,6 +63,7 @@ def test_flag_values_are_typed_like_toml():
         (["run.name=has space"], {}, "run.name"),
         (["nosuch.field=1"], {}, "unknown section 'nosuch'"),
         (["learner.lr"], {}, "section.field=value"),
+        (['learner.engine="deepspeed"', "learner.compile=true"], {}, "compile is built for engine 'torch'"),
     ],
 )
 def test_invalid_values_name_the_field(overrides, environ, needle):
