@@ -42,7 +42,6 @@ META = "meta.json"
 class CheckpointMeta:
     step: int
     version: int
-    acked_through: str  # newest rollout entry id acknowledged with this checkpoint ("" if none)
     config_hash: str
     config: dict[str, Any] = field(default_factory=dict)  # core.config.shared_view of the run's config
     # [entry id, group id] of every group this checkpoint's weights trained on and commits
@@ -142,7 +141,9 @@ def latest(root: str | Path) -> Path | None:
 
 
 def read_meta(path: Path) -> CheckpointMeta:
-    return CheckpointMeta(**json.loads((path / META).read_text()))
+    meta = json.loads((path / META).read_text())
+    meta.pop("acked_through", None)  # written by earlier versions; ``committed`` replaced it
+    return CheckpointMeta(**meta)
 
 
 def restore_trainer(path: Path, trainer: Any) -> None:

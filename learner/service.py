@@ -272,9 +272,8 @@ class Learner:
     def checkpoint(self) -> None:
         if self.config.learner.checkpoint_every == 0:
             return
-        acked = max((t.entry_id for t in self.unacked), key=_entry_order, default=b"").decode()
         committed = [[t.entry_id.decode(), t.group.group_id] for t in self.unacked]
-        ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, acked, config_hash(self.config),
+        ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, config_hash(self.config),
                                                      shared_view(self.config), committed),
                   self.trainer, self.tokenizer)
         self.replay.commit(self.unacked)
@@ -416,8 +415,3 @@ def _histogram_mean(histogram: Any) -> float | None:
     values = {s.name.rsplit("_", 1)[-1]: s.value for s in histogram.collect()[0].samples
               if s.name.endswith(("_sum", "_count"))}
     return round(values["sum"] / values["count"], 4) if values.get("count") else None
-
-
-def _entry_order(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)

@@ -33,7 +33,7 @@ def saved(tiny_model_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
     root = tmp_path / "checkpoints"
-    paths = [ckpt.save(root, ckpt.CheckpointMeta(step, step, "", "h"), trainer, tok) for step in (1, 2)]
+    paths = [ckpt.save(root, ckpt.CheckpointMeta(step, step, "h"), trainer, tok) for step in (1, 2)]
     return root, paths, trainer
 
 
@@ -44,11 +44,18 @@ def test_every_file_is_digested_and_an_intact_checkpoint_restores_the_rng_exactl
     assert "meta.json" not in meta.files and ckpt.damage(second) is None
     assert ckpt.latest(root) == second
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    ckpt.save(root, ckpt.CheckpointMeta(3, 3, "", "h"), trainer, None)
+    ckpt.save(root, ckpt.CheckpointMeta(3, 3, "h"), trainer, None)
     want = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     ckpt.restore_trainer(ckpt.latest(root), trainer)
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
+
+
+def test_a_checkpoint_from_before_committed_replaced_acked_through_still_reads(saved):
+    _, (first, _), _ = saved
+    meta = json.loads((first / ckpt.META).read_text())
+    (first / ckpt.META).write_text(json.dumps({**meta, "acked_through": "1-0"}))
+    assert ckpt.read_meta(first).step == 1 and ckpt.damage(first) is None
 
 
 def test_a_flipped_byte_or_a_truncated_file_skips_to_the_checkpoint_before(saved, caplog):
@@ -90,7 +97,7 @@ def test_a_resume_under_another_configuration_is_refused_naming_the_fields(tiny_
     config = load_config(environ={}, overrides=run)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
-    ckpt.save(tmp_path / "checkpoints", ckpt.CheckpointMeta(1, 1, "", config_hash(config), shared_view(config)),
+    ckpt.save(tmp_path / "checkpoints", ckpt.CheckpointMeta(1, 1, config_hash(config), shared_view(config)),
               trainer, tok)
     other = load_config(environ={}, overrides=[*run, 'algorithm.method="grpo"', "actor.group_size=4"])
     with pytest.raises(StartupError, match=r"--resume: .*\(actor\.group_size: 8 → 4; "
