@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,31 @@ def read(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         except ValueError:
             continue
     return records, offset + used
+
+
+class StepLogTail:
+    """A reader's view of a run's ``metrics.jsonl`` as it grows: the newest step records
+    (``recent``, at most ``keep``), the samples trained so far and the latest held-out
+    evaluation. Each :meth:`poll` reads what was appended since the one before."""
+
+    def __init__(self, run_dir: Path, keep: int = 10) -> None:
+        self.path = Path(run_dir) / FILE
+        self.offset = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.samples = 0
+        self.held_out: dict[str, Any] | None = None
+
+    @property
+    def step(self) -> int:
+        return self.recent[-1]["step"] if self.recent else 0
+
+    def poll(self) -> int:
+        """Reads the lines appended since the last call; returns how many records they held."""
+        records, self.offset = read(self.path, self.offset)
+        for r in records:
+            if r.get("kind") == "step":
+                self.recent.append(r)
+                self.samples += r.get("samples", 0)
+            elif r.get("kind") == "eval":
+                self.held_out = r
+        return len(records)

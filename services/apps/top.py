@@ -18,7 +18,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.config import masked_url
-from learner.step_log import FILE, read
+from learner.step_log import StepLogTail
 from services.transport.streams import Keys
 
 WINDOW_S = 10.0  # rates over this window of scrapes: one 2-s gap can hold no completed batch
@@ -71,29 +71,21 @@ class RunFile:
     """The run dir's step records, read as they grow: step N/M, ETA, latest held-out."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path, self.offset = Path(run_dir) / FILE, 0
-        self.steps: list[dict] = []
-        self.held_out: dict | None = None
+        self.tail = StepLogTail(run_dir)
         try:
             self.total = tomllib.loads((Path(run_dir) / "config.toml").read_text())["run"]["steps"]
         except (OSError, KeyError, ValueError):
             self.total = None
 
     def line(self) -> str:
-        records, self.offset = read(self.path, self.offset)
-        for r in records:
-            if r.get("kind") == "step":
-                self.steps.append(r)
-            elif r.get("kind") == "eval":
-                self.held_out = r
-        step = self.steps[-1]["step"] if self.steps else 0
+        self.tail.poll()
+        recent, step = self.tail.recent, self.tail.step
         out = f"progress step {step}/{_fmt(self.total, '.0f')}"
-        if len(self.steps) >= 2 and self.total:
-            recent = self.steps[-10:]
+        if len(recent) >= 2 and self.total:
             per_step = (recent[-1]["time"] - recent[0]["time"]) / max(recent[-1]["step"] - recent[0]["step"], 1)
-            out += f"  ETA {max(self.total - step, 0) * per_step:.0f}s ({per_step:.2f} s/step, last 10)"
-        if self.held_out is not None:
-            out += f"  held-out {self.held_out['accuracy']:.3f} at step {self.held_out['step']}"
+            out += f"  ETA {max(self.total - step, 0) * per_step:.0f}s ({per_step:.2f} s/step, last {len(recent)})"
+        if self.tail.held_out is not None:
+            out += f"  held-out {self.tail.held_out['accuracy']:.3f} at step {self.tail.held_out['step']}"
         return out
 
 

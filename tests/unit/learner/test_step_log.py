@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from learner.step_log import FILE, StepLog, read
+from learner.step_log import FILE, StepLog, StepLogTail, read
 from services.apps.progress import RunProgress
 
 
@@ -24,6 +24,20 @@ def test_records_read_back_incrementally_and_a_half_line_waits(tmp_path):
     with (tmp_path / FILE).open("a") as f:
         f.write('ep": 2}\n')
     assert read(tmp_path / FILE, offset)[0] == [{"kind": "step", "step": 2}]
+
+
+def test_a_tail_keeps_the_newest_steps_and_counts_every_sample(tmp_path):
+    log, tail = StepLog(tmp_path, total_steps=5), StepLogTail(tmp_path, keep=2)
+    assert tail.poll() == 0 and tail.step == 0 and tail.held_out is None
+    for step in range(1, 6):
+        log.step(step, step, {"reward_mean": step / 10, "loss": 0.0}, seconds=1.0, samples=step, tokens=10,
+                 staleness=0.0)
+        if step == 3:
+            log.evaluation(step, 0.7, {}, None)
+    assert tail.poll() == 6
+    assert [r["step"] for r in tail.recent] == [4, 5] and tail.step == 5
+    assert tail.samples == 1 + 2 + 3 + 4 + 5 and tail.held_out["accuracy"] == 0.7
+    assert tail.poll() == 0 and tail.samples == 15  # nothing read twice
 
 
 def test_progress_off_a_terminal_prints_plain_lines(tmp_path):
