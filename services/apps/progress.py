@@ -26,7 +26,7 @@ class RunProgress:
         self.started = time.monotonic()
         self.last_line = -float("inf")
         self.bar = None
-        self.shown = ""  # the last plain line printed
+        self.shown_offset = 0  # how far into the log the last plain line had read
         if self.stream.isatty():
             from tqdm import tqdm
 
@@ -41,11 +41,9 @@ class RunProgress:
                 self.bar.set_postfix_str(self._postfix(), refresh=True)
             return
         due = new and (time.monotonic() - self.last_line >= self.every_s or step >= self.total)
-        if (due or final) and step:
-            line = f"step {step}/{self.total} | {self._eta()} | {self._postfix()}"
-            if line != self.shown:
-                self.last_line, self.shown = time.monotonic(), line
-                print(line, file=self.stream, flush=True)
+        if (due or final) and step and self.tail.offset != self.shown_offset:
+            self.last_line, self.shown_offset = time.monotonic(), self.tail.offset
+            print(f"step {step}/{self.total} | {self._eta()} | {self._postfix()}", file=self.stream, flush=True)
 
     def _postfix(self) -> str:
         elapsed = time.monotonic() - self.started

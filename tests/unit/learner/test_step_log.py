@@ -49,10 +49,14 @@ def test_progress_off_a_terminal_prints_plain_lines(tmp_path):
     progress.update()
     log.step(2, 2, {"reward_mean": 0.75, "loss": 0.0}, seconds=1.0, samples=8, tokens=10, staleness=0.0)
     progress.update()  # the last step is always shown
+    progress.update(final=True)  # nothing new since: no repeat
+    log.evaluation(2, 0.9, {}, None)
+    progress.close()  # the run's last state, read after the last step
     lines = out.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in out.getvalue()
+    assert len(lines) == 3 and "\r" not in out.getvalue()
     assert lines[0].startswith("step 1/2 | ") and "reward 0.250 | held-out 0.500 (step 0)" in lines[0]
-    assert lines[1].startswith("step 2/2 | ") and "reward 0.750" in lines[1]
+    assert lines[1].startswith("step 2/2 | ") and "reward 0.750 | held-out 0.500" in lines[1]
+    assert lines[2].startswith("step 2/2 | ") and "held-out 0.900 (step 2)" in lines[2]
 
 
 def test_hsd_plot_draws_a_run_from_its_dir_alone(tmp_path, capsys):
