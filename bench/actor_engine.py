@@ -9,14 +9,18 @@ import time
 
 import torch
 
-from bench.common import Figure, interleaved
+from bench.common import Figure, Scale, interleaved
 from core.engines.base import SamplingSettings
 from core.engines.hf import HFEngine
 from core.prompts import render_prompt_ids
 from core.tasks.arith import ArithTask
 
+# the vllm tier's bench measures the same settings
+MAX_TOKENS = {Scale.SMOKE: 16, Scale.QUICK: 64, Scale.FULL: 256}
+REPEATS = {Scale.SMOKE: 1, Scale.QUICK: 7, Scale.FULL: 15}
 
-def run(quick: bool = True) -> list[Figure]:
+
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
     import tempfile
 
     from learner.tiny_model import build_tiny_model
@@ -25,7 +29,7 @@ def run(quick: bool = True) -> list[Figure]:
         engine = HFEngine.from_pretrained(str(build_tiny_model(tmp, seed=0)))
         tok = engine.tokenizer
         prompts = [render_prompt_ids(tok, p.prompt) for p in itertools.islice(ArithTask().problems(), 4)]
-        sampling = SamplingSettings(n=8, max_tokens=64 if quick else 256)
+        sampling = SamplingSettings(n=8, max_tokens=MAX_TOKENS[scale])
         ids, mask = engine._batch(prompts, sampling.n)
         eos = sorted(engine.stop_ids)
 
@@ -51,7 +55,7 @@ def run(quick: bool = True) -> list[Figure]:
             lengths = torch.where(stop.any(1), first_stop, torch.full_like(first_stop, new.shape[1]))
             return float(lengths.sum()) / (time.perf_counter() - t)
 
-        value, baseline = interleaved(ours, bare, 7 if quick else 15)
+        value, baseline = interleaved(ours, bare, REPEATS[scale])
     return [Figure("actor_hf_tokens_per_s", value, baseline, ">= 0.9", "tokens/s",
                    "tiny Qwen3, 4 prompts x G=8, sampling T=1")]
 

@@ -9,13 +9,14 @@ import itertools
 import tempfile
 import time
 
-from bench.common import Figure, interleaved
+from bench.actor_engine import MAX_TOKENS, REPEATS
+from bench.common import Figure, Scale, interleaved
 from core.engines.base import SamplingSettings
 from core.prompts import render_prompt_ids
 from core.tasks.arith import ArithTask
 
 
-def run(quick: bool = True) -> list[Figure]:
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -25,7 +26,7 @@ def run(quick: bool = True) -> list[Figure]:
     with tempfile.TemporaryDirectory() as tmp:
         engine = VLLMEngine(str(build_tiny_model(tmp, seed=0)), max_model_len=512)
         prompts = [render_prompt_ids(engine.tokenizer, p.prompt) for p in itertools.islice(ArithTask().problems(), 4)]
-        sampling = SamplingSettings(n=8, max_tokens=64 if quick else 256)
+        sampling = SamplingSettings(n=8, max_tokens=MAX_TOKENS[scale])
         bare_params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=1.0, top_p=1.0)
         # the same, asking vLLM for the sampled tokens' log-probs as the engine does: what is
         # left between the two is the engine's own bookkeeping
@@ -44,7 +45,7 @@ def run(quick: bool = True) -> list[Figure]:
             out = engine.llm.generate(bare_prompts, params, use_tqdm=False)
             return sum(len(o.token_ids) for r in out for o in r.outputs) / (time.perf_counter() - t)
 
-        repeats = 7 if quick else 15
+        repeats = REPEATS[scale]
         value, baseline = interleaved(ours, lambda: bare(bare_params), repeats)
         value_mu, baseline_mu = interleaved(ours, lambda: bare(bare_mu_params), repeats)
     return [Figure("actor_vllm_tokens_per_s", value, baseline, ">= 0.9", "tokens/s",

@@ -7,6 +7,7 @@ and noisy, so absolute times drift but ratios of interleaved repetitions hold.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import statistics
@@ -16,6 +17,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("results.json")
+
+
+class Scale(enum.Enum):
+    """How much a suite measures. ``QUICK`` is ``make bench``; ``FULL`` adds the scaling
+    rows; ``SMOKE`` takes each measurement once at its smallest size: it shows that every
+    suite still runs and writes well-formed figures (the test suite runs it), and its
+    figures mean nothing."""
+
+    SMOKE = "smoke"
+    QUICK = "quick"
+    FULL = "full"
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.common import Figure, interleaved
+from bench.common import Figure, Scale, interleaved
 from core.config import load_config
 from core.prompts import render_prompt_ids
 from core.records import RolloutGroup, Sample
@@ -124,16 +124,16 @@ def measure_compiled(method: str, length: int, repeats: int) -> tuple[float, flo
         return interleaved(lambda: _steps_per_s(*compiled), lambda: _steps_per_s(*eager), repeats)
 
 
-def run(quick: bool = True) -> list[Figure]:
-    length = 64 if quick else 256
-    (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 5)
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
+    length = {Scale.SMOKE: 16, Scale.QUICK: 64, Scale.FULL: 256}[scale]
+    (hsd, grpo), (ours, baseline), params = measure(SIZES, length, 1 if scale is Scale.SMOKE else 5)
     figures = [
         Figure("learner_hsd_vs_grpo_step_time", 1 / hsd, 1 / grpo, "<= 1.5", "s/step",
                f"B=4 x G=8 x {length} tokens, {params / 1e6:.0f}M-param Qwen3, CPU"),
         Figure("learner_grpo_tokens_per_s", ours, baseline, ">= 0.8", "tokens/s",
                "vs bare forward+backward+AdamW of the same sequences"),
     ]
-    if not quick:  # learner.compile against the eager learner, and scaling
+    if scale is Scale.FULL:  # learner.compile against the eager learner, and scaling
         for method in ("grpo", "hsd"):
             fast, eager = measure_compiled(method, length, 5)
             figures.append(Figure(f"learner_{method}_compiled_vs_eager_step_time", 1 / fast, 1 / eager, "<= 1.0",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import Figure
+from bench.common import Figure, Scale
 
 SHAPE_06B = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16,
              "num_key_value_heads": 8, "head_dim": 128, "max_position_embeddings": 8192}
@@ -247,19 +247,19 @@ def hsd_run_figures(steps: int, keep_in: str | None = None, prompts_per_batch: i
     ]
 
 
-def run(quick: bool = True) -> list[Figure]:
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
     if not torch.cuda.is_available():
         print("[bench] learner_gpu: skipped: no CUDA device here", file=sys.stderr)
         return []
-    repeats = 3
+    repeats = 1 if scale is Scale.SMOKE else 3
     figures = trainer_figures(512, "float32", True, repeats)
     figures += trainer_figures(512, "float32", False, repeats)
     figures += trainer_figures(2048, "float32", False, repeats)
-    if not quick:
+    if scale is Scale.FULL:
         figures += trainer_figures(2048, "bfloat16", False, repeats)
         figures += trainer_figures(2048, "bfloat16", False, repeats, compiled=True)
     figures += hsd_run_figures(12)
-    if not quick:
+    if scale is Scale.FULL:
         figures += hsd_run_figures(12, prompts_per_batch=4)
     return figures
 

@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.common import Figure
+from bench.common import Figure, Scale
 from core.config import EMBEDDED_CONFIG as EMBEDDED
 from core.config import load_config
 from services.apps.launcher import Launcher, Placement
@@ -62,15 +62,16 @@ def figures_for(actors: int, etas: list[int], sync: dict, runs: dict[int, dict])
     return out
 
 
-def run(quick: bool = True, model: str = "tiny") -> list[Figure]:
+def run(scale: Scale = Scale.QUICK, model: str = "tiny") -> list[Figure]:
     from learner.tiny_model import resolve_model
 
     model = resolve_model(model)
-    steps = 8 if quick else 20
+    steps = {Scale.SMOKE: 2, Scale.QUICK: 8, Scale.FULL: 20}[scale]
     figures = []
     with tempfile.TemporaryDirectory(prefix="hsd-bench-pipeline-") as tmp:
-        # --full adds a scaling row: two actor processes sharing the actors' cores
-        for actors, etas in [(1, [1, 2, 4])] + ([] if quick else [(2, [1])]):
+        # FULL adds a scaling row: two actor processes sharing the actors' cores
+        for actors, etas in {Scale.SMOKE: [(1, [1])], Scale.QUICK: [(1, [1, 2, 4])],
+                             Scale.FULL: [(1, [1, 2, 4]), (2, [1])]}[scale]:
             sync = run_once(model, 0, steps, actors, Path(tmp))
             runs = {eta: run_once(model, eta, steps, actors, Path(tmp)) for eta in etas}
             figures += figures_for(actors, etas, sync, runs)

@@ -13,7 +13,7 @@ import uuid
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from bench.common import Figure, interleaved, pinned, rate
+from bench.common import Figure, Scale, interleaved, pinned, rate
 from core.codec import encode_group
 from core.records import RolloutGroup, Sample
 from learner.replay import ReplayBuffer, ReplaySettings
@@ -86,15 +86,15 @@ def measure(server_url: str, n_groups: int, tokens: tuple[int, int], repeats: in
     return ours, bare, mb_per_group
 
 
-def run(quick: bool = True) -> list[Figure]:
-    n, repeats = (64, 15) if quick else (256, 21)
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
+    n, repeats = {Scale.SMOKE: (8, 1), Scale.QUICK: (64, 15), Scale.FULL: (256, 21)}[scale]
     figures = []
     with tempfile.TemporaryDirectory() as tmp, EmbeddedRedis(tmp) as server, pinned(server.pid):
         ours, bare, mb = measure(server.url, n, (1000, 4000), repeats)
         figures.append(Figure("transport_groups_per_s", ours, bare, ">= 0.7", "groups/s",
                               f"G=8, 1k-4k tokens/sample, {mb:.2f} MB/group"))
         figures.append(Figure("transport_mb_per_s", ours * mb, bare * mb, ">= 0.7", "MB/s"))
-        if not quick:
+        if scale is Scale.FULL:
             for lo, hi in ((100, 400), (4000, 16000)):
                 ours, bare, mb = measure(server.url, n, (lo, hi), repeats)
                 figures.append(Figure(f"transport_mb_per_s_{lo}-{hi}tok", ours * mb, bare * mb,
@@ -105,4 +105,4 @@ def run(quick: bool = True) -> list[Figure]:
 if __name__ == "__main__":
     from bench.common import table
 
-    print(table(run(quick=True)))
+    print(table(run()))

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from bench.common import Figure
+from bench.common import Figure, Scale
 from services.weights.server import WeightServer
 from services.weights.snapshot import tensor_bytes
 
@@ -116,8 +116,10 @@ def _rounds(kinds: dict[str, str], n: int, nbytes: int, repeats: int) -> dict[st
     return {k: tuple(statistics.median(col) for col in zip(*r, strict=True)) for k, r in runs.items()}
 
 
-def run(quick: bool = True) -> list[Figure]:
-    sizes = [int(0.25 * GB)] if quick else [int(0.5 * GB), int(1.2 * GB)]
+def run(scale: Scale = Scale.QUICK) -> list[Figure]:
+    sizes = {Scale.SMOKE: [int(0.02 * GB)], Scale.QUICK: [int(0.25 * GB)],
+             Scale.FULL: [int(0.5 * GB), int(1.2 * GB)]}[scale]
+    repeats = 1 if scale is Scale.SMOKE else 3
     figures = []
     for size in sizes:
         state = make_state(size)
@@ -134,7 +136,7 @@ def run(quick: bool = True) -> list[Figure]:
                 for n in (1, 4):
                     kinds = {"bulk": server.address, "bulk-raw": server.address, "tcp": tcp.address,
                              "tcp-sha256": tcp.address} | ({"grpc": server.address} if n == 1 else {})
-                    m = _rounds(kinds, n, nbytes, repeats=3)
+                    m = _rounds(kinds, n, nbytes, repeats)
                     cpu_per_gb[n] = m["bulk"][2]
                     figures.append(Figure(f"weights_{label}_{n}client_transfer_only_gb_s", m["bulk-raw"][0],
                                           m["tcp"][0], ">= 0.6", "GB/s",
@@ -162,4 +164,4 @@ def run(quick: bool = True) -> list[Figure]:
 if __name__ == "__main__":
     from bench.common import table
 
-    print(table(run(quick="--full" not in sys.argv)))
+    print(table(run(Scale.FULL if "--full" in sys.argv else Scale.QUICK)))

@@ -1,5 +1,7 @@
-"""`make bench` in quick mode runs every suite and writes a well-formed results file.
-The figures themselves are not checked: speed is measured by the bench, not by tests."""
+"""`make bench` runs every suite and writes a well-formed results file: checked in smoke
+mode (each measurement once, at its smallest size), which runs the same code as the quick
+and full modes in a fraction of their time. The figures themselves are not checked: speed
+is measured by the bench, not by tests."""
 
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ PREFIX = {"transport": "transport_", "weights": "weights_", "actor_engine": "act
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_a_figure_per_suite(tmp_path, tiny_model_dir):
+def test_smoke_bench_writes_a_figure_per_suite(tmp_path, tiny_model_dir):
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--output", str(out), "--model", str(tiny_model_dir)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--output", str(out),
+                           "--model", str(tiny_model_dir)], capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert "_machine" in results
@@ -49,3 +51,17 @@ def test_the_gpu_suite_says_it_is_skipped_without_cuda(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "learner_gpu: skipped: no CUDA device here" in proc.stderr
     assert [k for k in json.loads(out.read_text()) if not k.startswith("_")] == []
+
+
+def test_smoke_figures_stay_out_of_the_results_file_unless_one_is_named():
+    from bench.common import RESULTS
+
+    before = RESULTS.read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", "transport"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "transport_groups_per_s" in proc.stdout
+    assert RESULTS.read_bytes() == before
+    both = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--full"], capture_output=True, text=True,
+                          timeout=60)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
