@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     if output is not None:
         write_results(figures, Path(output), machine())
     print(table(figures))
+    if args.scale is Scale.SMOKE:
+        print("[bench] smoke: each measurement ran once at its smallest size; these figures show that the "
+              "suites run, not how fast (make bench measures)", file=sys.stderr)
     return 0
 
 

@@ -61,6 +61,7 @@ def test_smoke_figures_stay_out_of_the_results_file_unless_one_is_named():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "transport_groups_per_s" in proc.stdout
+    assert "these figures show that the suites run, not how fast" in proc.stderr
     assert RESULTS.read_bytes() == before
     both = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--full"], capture_output=True, text=True,
                           timeout=60)
