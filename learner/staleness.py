@@ -12,6 +12,10 @@ corrected token by token with ρ_t = π_θold(y_t) / μ(y_t), where π_θold is 
                       ρ_geo = exp(mean_t log ρ_t) (the length-normalised sequence ratio)
 - ``none``:           w_t = 1
 
+A full-distribution loss at a state (the top-k KL) is not a function of y_t: what needs
+correcting is how often μ reaches the state s_t = (x, y_<t), so it takes the prefix ratio
+(:func:`prefix_weights`), w_t = min(Π_{j<t} ρ_j, ρ̄) with w_0 = 1, or 1 under ``none``.
+
 Reported: mean and max ρ, ESS = (Σw)²/Σw² with its fraction ESS/n, and the fraction of
 tokens whose weight is 0.
 """
@@ -19,6 +23,7 @@ tokens whose weight is 0.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 
 import torch
@@ -78,6 +83,32 @@ def importance_weights(
         w = (rho_geo * keep).unsqueeze(-1) * m
     w = w * m
     return w, weight_statistics(rho, w, mask)
+
+
+def prefix_weights(
+    old_logprobs: torch.Tensor,
+    behaviour_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str = "token_truncate",
+    rho_max: float = 2.0,
+) -> torch.Tensor:
+    """State-correction weights w [B, T] for a loss over the whole distribution at s_t.
+
+    w_t = min(exp(Σ_{j<t} log ρ_j), ρ̄): the ratio π_θold(y_<t) / μ(y_<t) of reaching
+    the prefix, truncated like ``token_truncate``; w_0 = 1 (the prompt is not sampled).
+    Every mode but ``none`` (w_t = 1) takes it: the masks of ``token_mask`` and
+    ``sequence_mask`` are decisions about a sampled token, which this loss has none of.
+    Inputs as :func:`importance_weights`; 0 on padding.
+    """
+    if mode not in IS_MODES:
+        raise ValueError(f"unknown importance-sampling mode {mode!r}")
+    m = mask.to(torch.float32)
+    if mode == "none":
+        return m.clone()
+    log_rho = (old_logprobs.detach().float() - behaviour_logprobs.float()) * m
+    before = torch.cumsum(log_rho, dim=-1) - log_rho  # Σ_{j<t}
+    # clamp in log space first: a long off-policy prefix would overflow exp
+    return torch.exp(before.clamp(max=math.log(rho_max))) * m
 
 
 def weight_statistics(rho: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

@@ -54,7 +54,7 @@ from learner.logprobs import (
     token_logprobs,
 )
 from learner.precision import MasterWeights
-from learner.staleness import importance_weights
+from learner.staleness import importance_weights, prefix_weights
 from learner.teacher import TeacherPolicy, make_teacher_policy
 from methods import make_method
 from methods.base import LossTerms, TrainingSample
@@ -326,8 +326,11 @@ class TorchTrainer:
                     entropy, tokens = torch.stack([(token_entropy(logits) * m).sum(), m.sum()]).tolist()
                 stats = {**stats, "entropy_sum": entropy, "tokens": tokens}
             is_stats.append(stats)
+            state_w = (prefix_weights(prev, mu[rows], m, self.algo.is_mode, self.algo.is_rho_max)
+                       if top_values is not None else None)
             return self.method.loss(LossTerms(
-                logprobs=logp, old_logprobs=prev, mask=m, is_weights=w, outcome=outcome[rows],
+                logprobs=logp, old_logprobs=prev, mask=m, is_weights=w, state_weights=state_w,
+                outcome=outcome[rows],
                 distilled=distilled[rows],
                 teacher_logprobs=None if teacher_logprobs is None else teacher_logprobs[rows],
                 teacher_topk_logits=None if top_values is None else top_values[rows],

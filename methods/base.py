@@ -64,7 +64,9 @@ class LossTerms:
     logprobs: torch.Tensor  # [B, T] log π_θ(y_t), with grad
     old_logprobs: torch.Tensor  # [B, T] log π_θold(y_t), detached
     mask: torch.Tensor  # [B, T] real response tokens
-    is_weights: torch.Tensor  # [B, T] behaviour-correction weights w_t
+    is_weights: torch.Tensor  # [B, T] behaviour-correction weights w_t of the sampled token
+    # [B, T] prefix ratios of the state s_t (learner.staleness.prefix_weights); loss `topk`
+    state_weights: torch.Tensor | None
     outcome: torch.Tensor  # [B] A_i
     distilled: torch.Tensor  # [B] bool: the sample has a teacher view
     teacher_logprobs: torch.Tensor | None  # [B, T] log π_T(y_t) (0 where not distilled); loss `sampled`
@@ -145,5 +147,5 @@ class Method:
         if t.teacher_topk_logits is not None:
             loss = loss + a.credit_coef * topk_distillation_loss(
                 t.student_topk_logits, t.teacher_topk_logits, credit_mask, alpha=a.topk_alpha,
-                is_weights=t.is_weights, normalization=a.normalization, **t.norm)[0]
+                is_weights=t.state_weights, normalization=a.normalization, **t.norm)[0]
         return loss

@@ -133,6 +133,8 @@ def topk_distillation_loss(
     With K_t the teacher's k most likely tokens at t, both distributions renormalised over
     K_t: T̃ = softmax(z^T[K_t]), S̃ = softmax(z^S[K_t]), and
     ℓ_t = w_t·(α·KL(T̃‖S̃) + (1−α)·KL(S̃‖T̃)); α = 1 forward KL, α = 0 reverse KL.
+    w_t corrects the state s_t, not a sampled token: the prefix ratio of
+    :func:`learner.staleness.prefix_weights`.
     Both arguments hold logits at the same tokens K_t, [B, T, k] (the student's gathered at
     the teacher's top-k indices; the renormalisation makes everything outside K_t
     irrelevant, so vocabulary-wide logits are never needed). The teacher is detached.

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.staleness import Drop, drop_reason, importance_weights
+from learner.staleness import Drop, drop_reason, importance_weights, prefix_weights
 
 T = torch.tensor
 
@@ -74,3 +74,24 @@ def test_empty_mask_and_unknown_mode():
     assert stats["masked_fraction"] == 0.0
     with pytest.raises(ValueError):
         importance_weights(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), "clip")
+
+
+def test_prefix_weights_are_the_truncated_ratio_of_reaching_each_state():
+    old, mu = _logs([[0.5, 0.5, 3.0, 2.0], [1.5, 1.5, 1.0, 9.0]])
+    mask = T([[True, True, True, True], [True, True, True, False]])
+    w = prefix_weights(old, mu, mask, "token_truncate", rho_max=2.0)
+    # row 0: 1, ρ_0, ρ_0ρ_1, ρ_0ρ_1ρ_2 = 1, .5, .25, .75; row 1: 1, 1.5, 2.25 → 2, padding 0
+    assert torch.allclose(w, T([[1.0, 0.5, 0.25, 0.75], [1.0, 1.5, 2.0, 0.0]]), atol=1e-6)
+    # the masks of token_mask / sequence_mask are about sampled tokens: the state ratio is the same
+    for mode in ("token_mask", "sequence_mask"):
+        assert torch.allclose(prefix_weights(old, mu, mask, mode, rho_max=2.0), w, atol=1e-6)
+    assert prefix_weights(old, mu, mask, "none").tolist() == mask.float().tolist()
+
+
+def test_prefix_weights_survive_a_long_off_policy_prefix():
+    old = torch.zeros(1, 400)
+    mu = torch.full((1, 400), -5.0)  # ρ = e⁵ a token: the raw product overflows float32
+    w = prefix_weights(old, mu, torch.ones(1, 400, dtype=torch.bool), rho_max=2.0)
+    assert torch.isfinite(w).all() and w[0, 0] == 1.0 and torch.allclose(w[0, 1:], torch.full((399,), 2.0))
+    with pytest.raises(ValueError):
+        prefix_weights(old, mu, torch.ones(1, 400), "clip")

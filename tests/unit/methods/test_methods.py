@@ -38,6 +38,7 @@ def _terms(loss_form: str, teacher: bool) -> tuple[LossTerms, dict[str, torch.Te
     raw = {
         "logp": logp, "logits": logits, "mask": mask,
         "w": torch.rand(B, T, generator=g) + 0.5,
+        "state_w": torch.rand(B, T, generator=g) + 0.5,
         "outcome": torch.tensor([0.7, -1.3]),
         "teacher_logp": -torch.rand(B, T, generator=g) * 3,
         "teacher_logits": torch.randn(B, T, V, generator=g),
@@ -47,6 +48,7 @@ def _terms(loss_form: str, teacher: bool) -> tuple[LossTerms, dict[str, torch.Te
     topk = teacher and loss_form == "topk"
     return LossTerms(
         logprobs=logp, old_logprobs=logp.detach(), mask=mask, is_weights=raw["w"],
+        state_weights=raw["state_w"] if topk else None,
         outcome=raw["outcome"], distilled=distilled,
         teacher_logprobs=raw["teacher_logp"] if teacher and loss_form == "sampled" else None,
         teacher_topk_logits=top.values if topk else None,
@@ -90,7 +92,8 @@ def test_topk_term_is_scaled_by_lambda_and_only_on_distilled_samples(lam):
     log_s = torch.log_softmax(raw["logits"].gather(-1, top), -1)
     kl = 0.5 * (log_t.exp() * (log_t - log_s)).sum(-1) + 0.5 * (log_s.exp() * (log_s - log_t)).sum(-1)
     on = raw["mask"] & torch.tensor([[True], [False]])
-    want = _by_hand_pg(raw, raw["outcome"][:, None].expand(B, T)) + lam * (raw["w"] * kl * on).sum() / 5
+    # the KL at a state is weighted by the state's prefix ratio, the sampled term by w_t
+    want = _by_hand_pg(raw, raw["outcome"][:, None].expand(B, T)) + lam * (raw["state_w"] * kl * on).sum() / 5
     torch.testing.assert_close(method.loss(terms), want)
 
 
