@@ -214,10 +214,16 @@ class AlgorithmConfig(_Section):
     """a sample without an in-group success: answer (OPSD's view), none, or bank (an earlier success)"""
     peer_with_answer: bool = False
     """HSD's teacher also reads the reference answer (the HSD paper's context)"""
-    # HSD: also distil successful samples toward another successful peer (off: the paper's
-    # setting, where the teacher re-scores failed attempts)
-    hsd_distill_successes: bool = False
-    """HSD also distils successful samples toward another success"""
+    # which samples get a teacher view; each method's paper sets it (methods.configure): HSD
+    # re-scores failed attempts, OPSD and SD-Zero every sample
+    distill: Literal["failed", "all"] = "all"
+    """which samples the teacher re-scores: failed or all (the method's default: README)"""
+    # what stands in HSD's context for the in-group peer: the ablations that tell hindsight
+    # from a target (README, Method comparison)
+    peer_source: Literal["group", "placebo", "reference"] = "group"
+    """HSD's peer: group (a success of the same group), placebo (another prompt's) or reference"""
+    kl_coef: Annotated[float, Field(ge=0)] = 0.0
+    """β: sampled reverse-KL penalty to the initial weights in the advantage (0: none)"""
     # srt: also revise right attempts (their revisions train stage 2 only; off: the reference's
     # default, REVISE_CORRECT=0)
     srt_revise_correct: bool = False

@@ -1,15 +1,50 @@
 """From replay groups to training samples (each method builds its own: student view,
-teacher view, μ, A_i) and from samples to micro-batches within a token budget."""
+teacher view, μ, A_i) and from samples to micro-batches within a token budget; before
+that, the batch's peers swapped for an ablation's (``algorithm.peer_source``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from core.records import RolloutGroup
 from methods.base import Method, TrainingSample
+from methods.peers import CarriedPeer, substitute_peers
 
 if TYPE_CHECKING:
     from learner.replay import TaggedGroup
+
+
+class ReferencePeers:
+    """Each prompt's reference solution as a peer (``peer_source = "reference"``),
+    tokenised once per prompt; None where the task has none for it."""
+
+    def __init__(self, task: Any, tokenizer: Any) -> None:
+        self.task, self.tokenizer = task, tokenizer
+        self.ids: dict[str, np.ndarray | None] = {}
+
+    def __call__(self, group: RolloutGroup) -> CarriedPeer | None:
+        if group.prompt_id not in self.ids:
+            try:
+                text = self.task.problem(group.prompt_id).reference
+            except (KeyError, ValueError):  # a prompt id this task did not make (e.g. external prompts)
+                text = None
+            self.ids[group.prompt_id] = None if text is None else np.asarray(
+                self.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int32)
+        ids = self.ids[group.prompt_id]
+        if ids is None:
+            return None
+        return CarriedPeer(ids, self.tokenizer.decode(ids), group.group_id, group.policy_version)
+
+
+def with_peer_source(batch: Sequence[TaggedGroup], source: str,
+                     reference: Callable[[RolloutGroup], CarriedPeer | None] | None, seed: int) -> list[TaggedGroup]:
+    """The batch with its tags from :func:`methods.peers.substitute_peers`."""
+    tags = substitute_peers([t.group for t in batch], [t.tags for t in batch], source, reference, seed)
+    return [dataclasses.replace(t, tags=new) for t, new in zip(batch, tags, strict=True)]
 
 
 def build_samples(batch: Sequence[TaggedGroup], tokenizer: Any, method: Method,

@@ -140,14 +140,14 @@ class DeepSpeedTrainer(TorchTrainer):
         self._lead("save_state", directory)
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag=CHECKPOINT_TAG, save_latest=False)
         if self.rank == 0:
-            torch.save({"teacher": self.teacher.state_dict()}, directory / "teacher.pt")
+            torch.save(self.policy_states(), directory / "teacher.pt")
         dist.barrier()  # every partition is on disk before rank 0 renames the checkpoint into place
 
     def load_state(self, directory: Path) -> None:
         self._lead("load_state", directory)
         self.engine.load_checkpoint(str(directory / "deepspeed"), tag=CHECKPOINT_TAG,
                                     load_optimizer_states=True, load_lr_scheduler_states=False)
-        self.teacher.load_state_dict(torch.load(directory / "teacher.pt", weights_only=True)["teacher"])
+        self.load_policy_states(torch.load(directory / "teacher.pt", weights_only=True))
 
     def close(self) -> None:
         self._lead("close")

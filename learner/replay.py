@@ -40,7 +40,7 @@ from core.config import Config
 from core.records import RolloutGroup
 from learner.staleness import Drop, drop_reason
 from methods import METHODS
-from methods.peers import BankedPeer, PeerSource, PeerTag, assign_peers
+from methods.peers import CarriedPeer, PeerSource, PeerTag, assign_peers
 from services.metrics import ReplayMetrics
 from services.transport.streams import (
     LEARNER_GROUP,
@@ -101,11 +101,11 @@ class PeerBank:
     def __init__(self, client: redis.Redis, keys: Keys, size: int, max_age: int) -> None:
         self.client, self.keys, self.size, self.max_age = client, keys, size, max_age
 
-    def latest(self, prompt_id: str, version: int) -> BankedPeer | None:
+    def latest(self, prompt_id: str, version: int) -> CarriedPeer | None:
         for raw in self.client.lrange(self.keys.peers(prompt_id), 0, self.size - 1):
             m = msgpack.unpackb(raw, raw=False)
             if version - m["policy_version"] <= self.max_age:
-                return BankedPeer(np.frombuffer(m["ids"], "<i4"), m["text"], m["group_id"],
+                return CarriedPeer(np.frombuffer(m["ids"], "<i4"), m["text"], m["group_id"],
                                   m["policy_version"])
         return None
 

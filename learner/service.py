@@ -37,7 +37,7 @@ from core.config import Config, config_differences, config_hash, shared_view
 from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
-from learner.batch import build_samples
+from learner.batch import ReferencePeers, build_samples, with_peer_source
 from learner.curves import check_available, curve_sinks
 from learner.engines import make_trainer
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
@@ -108,6 +108,8 @@ class Learner:
         self.eval_by_step: dict[int, float] = {}
         self.eval_details: dict[int, HeldOutResult] = {}
         self.evaluation = self._held_out_eval() if config.learner.eval_every else None
+        self.reference_peers = ReferencePeers(self._task(), self.tokenizer) \
+            if config.algorithm.peer_source == "reference" else None
 
     def _task(self):
         from core.tasks import make_task
@@ -241,6 +243,9 @@ class Learner:
             self.replay.reject_unusable(t, err)
             unusable.add(t.entry_id)
 
+        source = self.config.algorithm.peer_source
+        if source != "group":
+            batch = with_peer_source(batch, source, self.reference_peers, self.config.run.seed)
         samples = build_samples(batch, self.tokenizer, self.method, on_unusable=reject)
         batch = [t for t in batch if t.entry_id not in unusable]
         if not batch:

@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,7 +56,7 @@ from learner.logprobs import (
 )
 from learner.precision import MasterWeights
 from learner.staleness import importance_weights, prefix_weights
-from learner.teacher import TeacherPolicy, make_teacher_policy
+from learner.teacher import FrozenTeacher, TeacherPolicy, make_teacher_policy
 from methods import make_method
 from methods.base import LossTerms, TrainingSample
 from methods.credit import token_credit
@@ -117,6 +118,10 @@ class TorchTrainer:
         self.teacher = teacher or make_teacher_policy(
             self.algo.teacher, model, ema_decay=self.algo.teacher_ema_decay,
             sync_every=self.algo.teacher_sync_every)
+        # θ0 for the KL penalty (algorithm.kl_coef): a frozen teacher already holds it
+        self.reference: FrozenTeacher | None = None
+        if self.algo.kl_coef > 0:
+            self.reference = self.teacher if isinstance(self.teacher, FrozenTeacher) else FrozenTeacher(model)
         # float32 parameters compute in bf16 on CUDA; low-precision parameters in their dtype
         autocast = on_cuda and param_dtype == torch.float32
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast)
@@ -188,16 +193,29 @@ class TorchTrainer:
         """The whole weights, for publication and the Hugging Face checkpoint."""
         return self.model.state_dict()
 
+    def policy_states(self) -> dict[str, Any]:
+        """The teacher's state, and θ0's where the KL penalty keeps a copy of its own."""
+        own_reference = self.reference is not None and self.reference is not self.teacher
+        return {"teacher": self.teacher.state_dict(), "reference": self.reference.state_dict() if own_reference else None}
+
+    def load_policy_states(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        if self.reference is not None and self.reference is not self.teacher:
+            if state.get("reference") is None:
+                raise ValueError("the checkpoint holds no initial weights for algorithm.kl_coef > 0 "
+                                 "(it was written by a run without the KL penalty)")
+            self.reference.load_state_dict(state["reference"])
+
     def save_state(self, directory: Path) -> None:
         """Optimiser and teacher state into ``directory`` (a checkpoint being written)."""
-        torch.save({"optimizer": self.optimizer.state_dict(), "teacher": self.teacher.state_dict(),
+        torch.save({"optimizer": self.optimizer.state_dict(), **self.policy_states(),
                     "masters": self.masters.state_dict() if self.masters else None},
                    directory / "optimizer.pt")
 
     def load_state(self, directory: Path) -> None:
         state = torch.load(directory / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.teacher.load_state_dict(state["teacher"])
+        self.load_policy_states(state)
         if self.masters and state.get("masters") is not None:
             self.masters.load_state_dict(state["masters"])
 
@@ -219,6 +237,7 @@ class TorchTrainer:
         teacher_lp: dict[int, torch.Tensor] = {}
         teacher_top: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._score_teachers(samples, [k for mb in groups for k in mb], teacher_lp, teacher_top)
+        reference_lp = self._score_reference(samples, groups)
         old_lp: dict[int, torch.Tensor] = {}
         totals: dict[str, float] = {"loss": 0.0}
         is_stats: list[dict[str, float]] = []
@@ -230,7 +249,7 @@ class TorchTrainer:
                     continue
                 batch = [samples[k] for k in mb]
                 loss = self._student_loss(mb, batch, old_lp if epoch else None, old_lp, teacher_lp, teacher_top,
-                                          norm, is_stats)
+                                          reference_lp, norm, is_stats)
                 self.backward(loss)
                 totals["loss"] += float(loss.detach())
             grad_norm = self.optimizer_step()
@@ -239,6 +258,9 @@ class TorchTrainer:
                   for k in teacher_lp}
         credit, is_stats, totals = self.merge(credit, is_stats, totals)
         metrics = self._metrics(samples, credit, is_stats, totals, grad_norm)
+        if reference_lp:  # sampled KL(π_θold ‖ π_θ0) per token: how far the penalty lets the policy go
+            metrics["reference_kl"] = float(sum((old_lp[k] - reference_lp[k]).sum() for k in reference_lp)
+                                            / max(sum(reference_lp[k].numel() for k in reference_lp), 1))
         return StepResult(metrics, credit, time.perf_counter() - start, n_tok)
 
     def _response_hidden(self, backbone: torch.nn.Module, inputs: Sequence[ScoringInput]):
@@ -290,7 +312,23 @@ class TorchTrainer:
                     teacher_top[k] = (top[0][row, :n], top[1][row, :n])
         module.train(was_training)
 
-    def _student_loss(self, mb, batch, old, old_out, teacher_lp, teacher_top, norm, is_stats) -> torch.Tensor:
+    @torch.no_grad()
+    def _score_reference(self, samples, groups) -> dict[int, torch.Tensor]:
+        """log π_θ0(y_t) of this process's student views (``kl_coef`` > 0), by micro-batch;
+        {} without the KL penalty. θ0 is a local copy: no collective, no idle passes."""
+        if self.reference is None:
+            return {}
+        module = self.reference.module(self.model)
+        out = {}
+        for mb in groups:
+            if mb:
+                logp, _ = self._scores(module, [samples[k].student for k in mb], 0)
+                logp = logp.cpu()
+                out.update({k: logp[row, : samples[k].length] for row, k in enumerate(mb)})
+        return out
+
+    def _student_loss(self, mb, batch, old, old_out, teacher_lp, teacher_top, reference_lp, norm,
+                      is_stats) -> torch.Tensor:
         """The method's loss on this micro-batch, differentiable in the student's weights.
         ``old`` holds π_θold from the first epoch (None in the first epoch: the student's
         own log-probs, detached, are π_θold and are written to ``old_out``)."""
@@ -300,6 +338,7 @@ class TorchTrainer:
         outcome = torch.tensor([s.advantage for s in batch], device=dev)
         distilled = torch.tensor([k in teacher_lp for k in mb], device=dev)
         old_padded = _pad_rows([old[k] for k in mb], width).to(dev) if old is not None else None
+        reference = _pad_rows([reference_lp[k] for k in mb], width).to(dev) if reference_lp else None
         teacher_logprobs = top_values = top_ids = None
         if bool(distilled.any()):
             if self.algo.loss == "sampled":
@@ -335,7 +374,7 @@ class TorchTrainer:
                 teacher_logprobs=None if teacher_logprobs is None else teacher_logprobs[rows],
                 teacher_topk_logits=None if top_values is None else top_values[rows],
                 student_topk_logits=None if top_ids is None else logits.gather(-1, top_ids[rows]),
-                norm=norm))
+                reference_logprobs=None if reference is None else reference[rows], norm=norm))
 
         inputs = [s.student for s in batch]
         with self.autocast:

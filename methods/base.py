@@ -4,6 +4,7 @@
 
     actor     revision_contexts(...)    an optional second generation stage (srt)
     replay    wants_peers               tag every sample with a successful peer
+              reads_peer                the teacher reads that peer (peer_source ablations)
     learner   training_samples(...)     student view, teacher view, outcome advantage A_i
               loss(terms)               the method's loss terms from methods.losses / .credit
     start     defaults                  algorithm settings the method's paper uses, applied
@@ -33,6 +34,7 @@ from methods.losses import (
     combined_advantages,
     group_advantages,
     policy_gradient_loss,
+    reference_kl_advantage,
     topk_distillation_loss,
 )
 from methods.peers import PeerTag, resolve_peer
@@ -74,6 +76,7 @@ class LossTerms:
     # (temperature-scaled; arbitrary where not distilled, which the credit mask hides)
     teacher_topk_logits: torch.Tensor | None
     student_topk_logits: torch.Tensor | None  # with grad
+    reference_logprobs: torch.Tensor | None  # [B, T] log π_θ0(y_t) where algorithm.kl_coef > 0
     norm: dict[str, float]  # the global batch's counts for methods.losses.aggregate
 
 
@@ -85,6 +88,7 @@ def behaviour_logprobs(logprobs: Any) -> torch.Tensor:
 class Method:
     name: ClassVar[str]
     wants_peers: ClassVar[bool] = False  # the replay buffer tags samples with successful peers
+    reads_peer: ClassVar[bool] = False  # the teacher's context holds the peer (algorithm.peer_source)
     defaults: ClassVar[Mapping[str, Any]] = {}  # [algorithm] field -> value, where the run sets none
 
     def __init__(self, algo: AlgorithmConfig) -> None:
@@ -94,6 +98,9 @@ class Method:
     @classmethod
     def check(cls, algo: AlgorithmConfig) -> None:
         """Raise ValueError("field: reason") for settings this method cannot train with."""
+        if algo.peer_source != "group" and not cls.reads_peer:
+            raise ValueError(f"peer_source: method {cls.name}'s teacher reads no peer "
+                             f"({algo.peer_source!r} is an ablation of hsd)")
 
     # ------------------------------------------------------------------ actor
 
@@ -106,7 +113,8 @@ class Method:
     # ------------------------------------------------------------------ learner: samples
 
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
-        """The teacher's view of sample ``index``; None: the sample is not distilled."""
+        """The teacher's view of sample ``index``; None: the sample is not distilled.
+        Called for the samples ``algorithm.distill`` selects."""
         return None
 
     def training_samples(self, group: RolloutGroup, tags: Sequence[PeerTag], tokenizer: Any) -> list[TrainingSample]:
@@ -118,7 +126,8 @@ class Method:
             if s.ids.size == 0:
                 continue  # nothing to score or train on
             y = s.ids.tolist()
-            teacher = self.teacher_view(tokenizer, group, i, tags[i])
+            distilled = self.algo.distill == "all" or not s.success
+            teacher = self.teacher_view(tokenizer, group, i, tags[i]) if distilled else None
             # every teacher's credit is measured against the sample's successful peer (its
             # divergence statistics compare teachers); only HSD's teacher reads the peer
             peer = resolve_peer(group, tags[i]) if teacher is not None else None
@@ -133,7 +142,8 @@ class Method:
 
     def loss(self, t: LossTerms) -> torch.Tensor:
         """Policy gradient with A_t = A_i + λ·δ_t (loss ``sampled``), or with A_i plus
-        λ × the top-k mixed KL to the teacher (loss ``topk``); see methods.losses."""
+        λ × the top-k mixed KL to the teacher (loss ``topk``); either with the KL penalty
+        to θ0 in A_t where ``kl_coef`` > 0. See methods.losses."""
         a = self.algo
         credit_mask = t.mask & t.distilled.unsqueeze(-1)
         if t.teacher_logprobs is not None:
@@ -141,6 +151,8 @@ class Method:
             advantages = combined_advantages(t.outcome, credit, credit_mask, a.credit_coef)
         else:
             advantages = t.outcome.unsqueeze(-1).expand_as(t.logprobs)
+        if t.reference_logprobs is not None:
+            advantages = advantages + reference_kl_advantage(t.old_logprobs, t.reference_logprobs, t.mask, a.kl_coef)
         loss = policy_gradient_loss(t.logprobs, t.old_logprobs, advantages, t.mask, t.is_weights,
                                     clip_low=a.ppo_clip_low, clip_high=a.ppo_clip_high,
                                     normalization=a.normalization, **t.norm)[0]

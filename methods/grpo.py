@@ -12,5 +12,6 @@ class GRPO(Method):
 
     @classmethod
     def check(cls, algo: AlgorithmConfig) -> None:
+        super().check(algo)
         if algo.advantage == "none":
             raise ValueError("advantage: method grpo needs advantage grpo or dr_grpo (none leaves no signal)")

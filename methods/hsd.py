@@ -5,7 +5,8 @@ Teacher view: c = x + "Here is a correct solution to this problem:" y⁺ (+ the 
 answer when ``peer_with_answer``) + closing, then y. A sample without an in-group peer
 falls back as its :class:`~methods.peers.PeerTag` says: a banked earlier success of the
 same prompt, the reference answer (OPSD's view), or no teacher. Successful samples are
-not distilled unless ``hsd_distill_successes`` (they train on the outcome term alone).
+not distilled (``distill = "failed"``, the paper's setting: they train on the outcome term
+alone). ``peer_source`` swaps the peer for an ablation's (methods.peers.substitute_peers).
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ def hsd_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], p
 class HSD(Method):
     name = "hsd"
     wants_peers = True
+    reads_peer = True
+    defaults = {"distill": "failed"}
 
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
-        if group.samples[index].success and not self.algo.hsd_distill_successes:
-            return None
         y = group.samples[index].ids.tolist()
         peer = resolve_peer(group, tag)
         if peer is not None:

@@ -83,6 +83,19 @@ def combined_advantages(
     return outcome.unsqueeze(-1).to(credit.dtype) + credit_coef * dense
 
 
+def reference_kl_advantage(
+    old_logprobs: torch.Tensor, reference_logprobs: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """The KL penalty to the initial weights θ0 as a per-token advantage term.
+
+    −β·(log π_θold(y_t) − log π_θ0(y_t)): the sampled (k1) estimate of the reverse
+    KL(π_θ ‖ π_θ0) on the sampled token, as a reward. It has the form of a frozen teacher's
+    credit δ_t = log π_θ0(y_t | c) − log π_θ(y_t | x) without the context c, which is what
+    the ablation of HSD's frozen teacher needs. All [B, T] -> [B, T] (0 on padding).
+    """
+    return -beta * (old_logprobs.detach() - reference_logprobs.detach()) * mask.to(old_logprobs.dtype)
+
+
 def policy_gradient_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

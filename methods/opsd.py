@@ -2,6 +2,8 @@
 
 Teacher view: c = x + "The reference answer is: {answer}" + closing, then y. A sample of
 a task without a reference answer is not distilled.
+Every sample is distilled (``distill = "all"``); ``distill = "failed"`` is the ablation
+that changes only the context against HSD.
 """
 
 from __future__ import annotations

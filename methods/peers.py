@@ -4,13 +4,19 @@ Pure logic: the replay buffer tags each group with it (and keeps the peer bank);
 method's teacher view reads the tags through :func:`resolve_peer`. A peer is a successful sample
 of the *same* group and never the sample itself: it is then an exact draw from
 π(y | x, R=1), so HSD needs no extra rollouts.
+
+The ablations of ``algorithm.peer_source`` replace that peer on the learner, batch by batch
+(:func:`substitute_peers`), on exactly the samples that had one: ``placebo`` puts a success
+of another prompt of the batch in its place (does the peer's *content* matter, or only a
+fluent solution in context?), ``reference`` the task's reference solution (an on-policy
+peer against the ground truth).
 """
 
 from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +27,8 @@ from core.records import RolloutGroup
 class PeerSource(enum.StrEnum):
     GROUP = "group"  # a successful peer from the same group
     BANK = "bank"  # a successful rollout of the same prompt from an earlier group
+    PLACEBO = "placebo"  # ablation: a successful rollout of another prompt of the batch
+    REFERENCE = "reference"  # ablation: the task's reference solution
     ANSWER = "answer"  # no peer: the teacher sees the reference answer (OPSD-style)
     NONE = "none"  # no peer: distillation is masked, the GRPO term alone trains it
 
@@ -32,15 +40,18 @@ class NoPeer(enum.StrEnum):
     ONLY_SELF = "only_self"  # the sample is the group's only success
     NO_ANSWER = "no_answer"  # fallback `answer`, but the task has no reference answer
     BANK_EMPTY = "bank_empty"  # fallback `bank`, but no earlier success is banked
+    NO_PLACEBO = "no_placebo"  # peer_source placebo, but no other prompt of the batch has a success
+    NO_REFERENCE = "no_reference"  # peer_source reference, but the task has no reference solution
 
 
 @dataclass(frozen=True)
-class BankedPeer:
-    """A successful rollout kept for its prompt by the replay buffer's peer bank."""
+class CarriedPeer:
+    """A successful solution the tag carries rather than names in the group: a banked
+    earlier rollout of the prompt, a placebo, or the reference solution."""
 
     ids: np.ndarray  # int32 response token ids
     text: str  # decoded response
-    group_id: str  # the group it came from
+    group_id: str  # the group it came from (reference: the group it stands in for)
     policy_version: int  # the version that generated it (for the staleness bound)
 
 
@@ -50,7 +61,7 @@ class PeerTag:
 
     source: PeerSource
     index: int | None = None  # peer's index in the group when source is GROUP
-    bank: BankedPeer | None = None  # the banked peer when source is BANK
+    carried: CarriedPeer | None = None  # the peer when source is BANK, PLACEBO or REFERENCE
     reason: NoPeer | None = None  # why there is no in-group peer (None when source is GROUP)
 
     @property
@@ -65,7 +76,7 @@ def assign_peers(
     strategy: str = "random",
     fallback: str = "answer",
     has_answer: bool = False,
-    bank: BankedPeer | None = None,
+    bank: CarriedPeer | None = None,
     rng: random.Random | None = None,
 ) -> list[PeerTag]:
     """One :class:`PeerTag` per sample.
@@ -97,14 +108,14 @@ def assign_peers(
     return tags
 
 
-def _fallback(fallback: str, reason: NoPeer, has_answer: bool, bank: BankedPeer | None) -> PeerTag:
+def _fallback(fallback: str, reason: NoPeer, has_answer: bool, bank: CarriedPeer | None) -> PeerTag:
     if fallback == "answer":
         if has_answer:
             return PeerTag(PeerSource.ANSWER, reason=reason)
         return PeerTag(PeerSource.NONE, reason=NoPeer.NO_ANSWER)
     if fallback == "bank":
         if bank is not None:
-            return PeerTag(PeerSource.BANK, bank=bank, reason=reason)
+            return PeerTag(PeerSource.BANK, carried=bank, reason=reason)
         return PeerTag(PeerSource.NONE, reason=NoPeer.BANK_EMPTY)
     return PeerTag(PeerSource.NONE, reason=reason)
 
@@ -115,14 +126,53 @@ class ResolvedPeer:
 
     text: str  # decoded response (what HSD's teacher reads)
     ids: list[int]  # token ids (the divergence is measured on these)
-    ref: str  # "group_id/index", or "group_id/bank", for the credit log
+    ref: str  # "group_id/index", or "group_id/bank" (placebo, reference), for the credit log
 
 
 def resolve_peer(group: RolloutGroup, tag: PeerTag) -> ResolvedPeer | None:
-    """The peer ``tag`` names in ``group`` (or in the bank), or None."""
+    """The peer ``tag`` names in ``group`` (or carries), or None."""
     if tag.source is PeerSource.GROUP and tag.index is not None:
         peer = group.samples[tag.index]
         return ResolvedPeer(peer.text, peer.ids.tolist(), f"{group.group_id}/{tag.index}")
-    if tag.source is PeerSource.BANK and tag.bank is not None:
-        return ResolvedPeer(tag.bank.text, tag.bank.ids.tolist(), f"{tag.bank.group_id}/bank")
+    if tag.carried is not None:
+        return ResolvedPeer(tag.carried.text, tag.carried.ids.tolist(), f"{tag.carried.group_id}/{tag.source}")
     return None
+
+
+def substitute_peers(
+    groups: Sequence[RolloutGroup],
+    tags: Sequence[Sequence[PeerTag]],
+    source: str,
+    reference: Callable[[RolloutGroup], CarriedPeer | None] | None,
+    seed: int = 0,
+) -> list[list[PeerTag]]:
+    """The batch's tags with every sample's peer (GROUP or BANK) replaced by ``source``'s.
+
+    ``group``: unchanged. ``placebo``: a success of a group of another prompt in the batch,
+    drawn uniformly (seeded by the group id; none: NONE, ``NO_PLACEBO``). ``reference``:
+    ``reference(group)`` (None: NONE, ``NO_REFERENCE``). Samples without a peer (the
+    fallbacks) keep their tag, so that an arm distils the same samples as HSD does.
+    """
+    if source not in ("group", "placebo", "reference"):
+        raise ValueError(f"unknown peer source {source!r}")
+    if source == "group":
+        return [list(t) for t in tags]
+    out = []
+    for group, group_tags in zip(groups, tags, strict=True):
+        peered = [t.source in (PeerSource.GROUP, PeerSource.BANK) for t in group_tags]
+        if not any(peered):
+            out.append(list(group_tags))
+            continue
+        if source == "reference":
+            if reference is None:
+                raise ValueError("peer source 'reference' needs a reference lookup")
+            carried = reference(group)
+            missing = NoPeer.NO_REFERENCE
+        else:
+            others = [(g, s) for g in groups if g.prompt_id != group.prompt_id for s in g.samples if s.success]
+            g, s = random.Random(f"{seed}:{group.group_id}").choice(others) if others else (None, None)
+            carried = CarriedPeer(s.ids, s.text, g.group_id, g.policy_version) if others else None
+            missing = NoPeer.NO_PLACEBO
+        new = PeerTag(PeerSource(source), carried=carried) if carried else PeerTag(PeerSource.NONE, reason=missing)
+        out.append([new if p else t for t, p in zip(group_tags, peered, strict=True)])
+    return out

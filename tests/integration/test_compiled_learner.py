@@ -24,7 +24,7 @@ def _compiled_frames() -> int:
 
 def test_the_compiled_learner_trains_like_the_eager_one(tiny_model_dir):
     overrides = ['algorithm.method="hsd"', "learner.lr=1e-3", "learner.microbatch_tokens=120",
-                 "learner.head_chunk_tokens=25", "algorithm.hsd_distill_successes=true"]
+                 "learner.head_chunk_tokens=25", 'algorithm.distill="all"']
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     method = make_method(load_config(environ={}, overrides=overrides).algorithm)
     batches = [build_samples(tagged(real_groups(tiny_model_dir, 3, seed=seed)), tok, method) for seed in (0, 2, 1)]

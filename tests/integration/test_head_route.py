@@ -34,7 +34,7 @@ def test_the_head_route_trains_like_the_dense_route(tiny_model_dir, method, loss
     config = load_config(environ={}, overrides=[
         f'algorithm.method="{method}"', f'algorithm.loss="{loss}"', "algorithm.topk=7", "learner.lr=1e-3",
         "learner.epochs=2", "learner.microbatch_tokens=120", "learner.head_chunk_tokens=25",
-        "algorithm.hsd_distill_successes=true"])
+        'algorithm.distill="all"'])
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     samples = build_samples(tagged(real_groups(tiny_model_dir, 3)), tok, make_method(config.algorithm))
     packed_config = config.model_copy(deep=True)

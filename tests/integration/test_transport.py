@@ -213,8 +213,8 @@ def test_peer_bank_fallback_within_its_age(client):
     assert (first.tags[0].source, first.tags[0].reason) == (PeerSource.NONE, NoPeer.BANK_EMPTY)
     assert first.tags[1].source is PeerSource.GROUP
     assert {t.source for t in second.tags} == {PeerSource.BANK}
-    np.testing.assert_array_equal(second.tags[0].bank.ids, win.samples[0].ids)
-    assert second.tags[0].bank.group_id == "01"
+    np.testing.assert_array_equal(second.tags[0].carried.ids, win.samples[0].ids)
+    assert second.tags[0].carried.group_id == "01"
     publish_group(client, keys, lose("03", 4))  # bank entry from v0 is 4 versions old > 2
     publish_group(client, keys, lose("04", 4))
     late = replay.next_batch(version=4, timeout_s=5)

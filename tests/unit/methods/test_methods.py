@@ -53,6 +53,7 @@ def _terms(loss_form: str, teacher: bool) -> tuple[LossTerms, dict[str, torch.Te
         teacher_logprobs=raw["teacher_logp"] if teacher and loss_form == "sampled" else None,
         teacher_topk_logits=top.values if topk else None,
         student_topk_logits=logits.gather(-1, top.indices) if topk else None,
+        reference_logprobs=None,
         norm={"num_tokens": 5, "num_sequences": 2, "constant_length": 3}), raw
 
 
@@ -95,6 +96,22 @@ def test_topk_term_is_scaled_by_lambda_and_only_on_distilled_samples(lam):
     # the KL at a state is weighted by the state's prefix ratio, the sampled term by w_t
     want = _by_hand_pg(raw, raw["outcome"][:, None].expand(B, T)) + lam * (raw["state_w"] * kl * on).sum() / 5
     torch.testing.assert_close(method.loss(terms), want)
+
+
+@pytest.mark.parametrize("loss_form", ["sampled", "topk"])
+@pytest.mark.parametrize("beta", [0.01, 0.1])
+def test_kl_penalty_to_the_initial_weights_enters_every_token_s_advantage(loss_form, beta):
+    """A_t −= β·(log π_θold − log π_θ0): with the teacher's terms switched off (λ = 0) the
+    loss is the outcome policy gradient with that penalty, for both loss forms."""
+    terms, raw = _terms(loss_form, teacher=True)
+    reference = -torch.rand(B, T, generator=torch.Generator().manual_seed(1)) * 2
+    terms.reference_logprobs = reference
+    method = make_method(AlgorithmConfig(method="hsd", loss=loss_form, credit_coef=0.0, kl_coef=beta))
+    penalty = -beta * (raw["logp"].detach() - reference)
+    want = _by_hand_pg(raw, raw["outcome"][:, None] + penalty)
+    torch.testing.assert_close(method.loss(terms), want)
+    terms.reference_logprobs = None  # the same terms without it: a different loss
+    assert not torch.allclose(method.loss(terms), want)
 
 
 def test_srt_trains_the_accepted_revisions_by_likelihood():

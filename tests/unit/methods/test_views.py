@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import AlgorithmConfig
+from core.config import AlgorithmConfig, load_config
 from core.prompts import render_prompt_ids
 from core.records import Revision, Sample
 from core.views import VocabularyMismatch, assert_shared_vocabulary, student_input
 from learner.logprobs import score_responses
 from methods import METHODS as REGISTRY
+from methods import configure
 from methods.hsd import PEER_TEMPLATE, hsd_input
 from methods.opsd import ANSWER_TEMPLATE, CONTEXT_CLOSING, opsd_input
-from methods.peers import BankedPeer, NoPeer, PeerSource, PeerTag
+from methods.peers import CarriedPeer, NoPeer, PeerSource, PeerTag
 from methods.sdzero import REVISION_PHRASES, sdzero_input
 from tests.unit.core.records_factory import make_group
 
@@ -144,7 +145,7 @@ def test_each_method_builds_its_teacher_view_from_the_peer_tag(tokenizer, respon
     hsd, group = REGISTRY["hsd"](algo), _group(response)
     in_group = PeerTag(PeerSource.GROUP, index=1)
     assert hsd.teacher_view(tokenizer, group, 0, in_group).ids == hsd_input(tokenizer, PROMPT, response, PEER).ids
-    bank = PeerTag(PeerSource.BANK, bank=BankedPeer(np.zeros(1, np.int32), "banked", "g", 1),
+    bank = PeerTag(PeerSource.BANK, carried=CarriedPeer(np.zeros(1, np.int32), "banked", "g", 1),
                    reason=NoPeer.NO_SUCCESS)
     assert "banked" in tokenizer.decode(hsd.teacher_view(tokenizer, group, 0, bank).ids)
     answer = PeerTag(PeerSource.ANSWER, reason=NoPeer.NO_SUCCESS)
@@ -160,12 +161,23 @@ def test_each_method_builds_its_teacher_view_from_the_peer_tag(tokenizer, respon
     assert REGISTRY["sdzero"](algo).teacher_view(tokenizer, group, 0, in_group).ids == \
         sdzero_input(tokenizer, PROMPT, response, False).ids
     assert REGISTRY["grpo"](algo).teacher_view(tokenizer, group, 0, in_group) is None
-    # a successful sample is distilled toward another peer only when asked
-    to_sample_0 = PeerTag(PeerSource.GROUP, index=0)
-    assert hsd.teacher_view(tokenizer, group, 1, to_sample_0) is None
-    both = REGISTRY["hsd"](AlgorithmConfig(hsd_distill_successes=True))
-    assert both.teacher_view(tokenizer, group, 1, to_sample_0).ids == \
-        hsd_input(tokenizer, PROMPT, [5, 6], "wrong").ids
+
+
+@pytest.mark.parametrize(("method", "distill", "distilled"), [
+    ("hsd", None, [True, False]),  # the paper's setting: failed attempts only
+    ("hsd", "all", [True, True]),  # a success is distilled toward another peer when asked
+    ("opsd", None, [True, True]),
+    ("opsd", "failed", [True, False]),  # the ablation that changes only the context against HSD
+])
+def test_distill_selects_the_samples_a_teacher_rescores(tokenizer, response, method, distill, distilled):
+    overrides = [f'algorithm.method="{method}"'] + ([f'algorithm.distill="{distill}"'] if distill else [])
+    config = load_config(environ={}, overrides=overrides)
+    configure(config)
+    tags = [PeerTag(PeerSource.GROUP, index=1), PeerTag(PeerSource.GROUP, index=0)]
+    samples = REGISTRY[method](config.algorithm).training_samples(_group(response), tags, tokenizer)
+    assert [s.teacher is not None for s in samples] == distilled
+    if method == "hsd" and distilled[1]:
+        assert samples[1].teacher.ids == hsd_input(tokenizer, PROMPT, [5, 6], "wrong").ids
 
 
 def test_vocabulary_equality_is_asserted(tokenizer):
