@@ -286,6 +286,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from learner.tiny_model import TINY, TINY_SEED2, resolve_model
+    from services.apps.arms import ARMS, BASELINE, unknown_arms
     from services.apps.experiment import FALSIFICATION, Protocol, compare, markdown
     from services.apps.launcher import Launcher
 
@@ -306,25 +307,29 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.quick:
         base = base.quick()
     protocol = replace(
-        base, methods=tuple(args.methods.split(",")) if args.methods else base.methods,
+        base, arms=tuple(args.arms.split(",")) if args.arms else base.arms,
         seeds=given("seeds", base.seeds), steps=given("steps", base.steps),
         eval_problems=given("eval_problems", base.eval_problems), srt_steps=given("srt_steps", base.srt_steps),
         srt_lr=given("srt_lr", base.srt_lr), max_response_tokens=given("max_response_tokens", base.max_response_tokens),
         lrs=tuple(float(x) for x in args.lrs.split(",")) if args.lrs else base.lrs,
         actors=given("actors", base.actors), parallel=given("parallel", base.parallel))
-    if "grpo" not in protocol.methods:
-        print("hsd compare: --methods must include grpo (the baseline every difference is taken from)",
+    if unknown := unknown_arms(protocol.arms):
+        print(f"hsd compare: unknown arm(s) {', '.join(unknown)}; the arms are {', '.join(ARMS)}", file=sys.stderr)
+        return EXIT_USAGE
+    if BASELINE not in protocol.arms:
+        print(f"hsd compare: --arms must include {BASELINE} (the baseline every difference is taken from)",
               file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"comparing {', '.join(protocol.methods)}: {len(protocol.warm_starts)} warm start(s) × {protocol.seeds} "
+    print(f"comparing {', '.join(protocol.arms)}: {len(protocol.warm_starts)} warm start(s) × {protocol.seeds} "
           f"seeds × {protocol.steps} steps; output in {out}", flush=True)
     print(f"the claim is falsified if: {FALSIFICATION}", flush=True)
     results = compare(make_config, protocol, out,
                       lambda c: Launcher(c, protocol.actors, resolve_model(c.model.path), show_progress=False).run())
-    print(f"learning rate {results['lr']:g} (GRPO's best of {', '.join(f'{x:g}' for x in protocol.lrs)} "
-          "among those with no collapsed sweep run)")
-    print(markdown(results["analysis"], protocol.methods), end="")
+    print("learning rates: " + ", ".join(f"{arm} {lr:g}" for arm, lr in results["lrs"].items())
+          + f" (each arm's best of {', '.join(f'{x:g}' for x in protocol.lrs)} among those with no collapsed "
+          "sweep run)")
+    print(markdown(results["analysis"], protocol.arms), end="")
     print(f"verdict: {json.dumps(results['analysis']['verdict'])}")
     print(f"results, table and plots in {out} ({results['wall_seconds'] / 60:.1f} min)")
     return EXIT_OK
@@ -334,11 +339,11 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
     p.add_argument("--quick", action="store_true",
                    help="the whole pipeline at its smallest size (1 warm start, 2 seeds, 1 step; for tests)")
-    p.add_argument("--methods", help="comma-separated, grpo included (default grpo,opsd,hsd,sdzero)")
+    p.add_argument("--arms", help="comma-separated, grpo included (default: every arm; README: Method comparison)")
     p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default tiny,tiny-seed2)")
     p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")
     p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
-    p.add_argument("--lrs", help="GRPO's learning rates to sweep (default 1e-4,2e-4,3e-4; one value: no sweep)")
+    p.add_argument("--lrs", help="learning rates every arm sweeps (default 1e-4,2e-4,3e-4; one value: no sweep)")
     p.add_argument("--srt-steps", type=int, help="steps of SD-Zero's SRT phase (default 8)")
     p.add_argument("--srt-lr", type=float, help="learning rate of the SRT phase (supervised; default 1e-4)")
     p.add_argument("--max-response-tokens", type=int,

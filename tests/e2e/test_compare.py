@@ -1,6 +1,7 @@
 """`hsd compare --quick`: the whole protocol as a user runs it, at its smallest size — SD-Zero's
-SRT phase, then sdzero from its checkpoint with the reference's phase-2 settings, GRPO
-paired with it over two seeds, the mechanism measurement, the analysis and its files."""
+SRT phase, then sdzero from its checkpoint with the reference's phase-2 settings, GRPO,
+GRPO + KL to θ0 and HSD with a placebo peer paired with it over two seeds, the mechanism
+measurement, the analysis and its files."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from services.apps.experiment import OFFSETS
 
 
 @pytest.mark.slow
-def test_quick_compare_runs_srt_then_sdzero_paired_with_grpo(tmp_path):
+def test_quick_compare_runs_srt_then_the_arms_paired_with_grpo(tmp_path):
     out = tmp_path / "compare"
     done = subprocess.run([sys.executable, "-m", "services.apps.cli", "compare", "--quick", "--out", str(out),
                            "--set", "learner.batch_groups=2", "--set", "actor.group_size=4"],
@@ -25,6 +26,12 @@ def test_quick_compare_runs_srt_then_sdzero_paired_with_grpo(tmp_path):
     assert "the claim is falsified if" in done.stdout and "verdict:" in done.stdout
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"]["seeds"] == 2 and results["sweep"] == []  # one lr: nothing to sweep
+    arms = ["grpo", "grpo-kl0.1", "hsd-placebo", "sdzero"]
+    assert list(results["lrs"]) == arms
+    # 32 held-out problems: the chain's test split repeats its few k = 1 problems
+    coverage = results["held_out"]
+    assert sum(c["problems"] for c in coverage.values()) == 32
+    assert all(1 <= c["distinct"] <= c["problems"] for c in coverage.values())
 
     (srt,) = results["srt"]
     assert srt["method"] == "srt" and srt["samples"]["attempts"] == 8  # 1 step × 2 groups × 4
@@ -33,10 +40,12 @@ def test_quick_compare_runs_srt_then_sdzero_paired_with_grpo(tmp_path):
     assert g4["value"] is not None  # measured on the SRT model's own failed attempts
 
     runs = results["runs"]
-    assert sorted((r["method"], r["seed"]) for r in runs) == [("grpo", 0), ("grpo", 1), ("sdzero", 0), ("sdzero", 1)]
+    assert sorted((r["arm"], r["seed"]) for r in runs) == [(a, s) for a in sorted(arms) for s in (0, 1)]
     for r in runs:
         written = tomllib.loads(Path(r["dir"], "config.toml").read_text())
         assert written["algorithm"]["method"] == r["method"] and written["run"]["seed"] == r["seed"]
+        assert (written["algorithm"]["kl_coef"] == 0.1) == (r["arm"] == "grpo-kl0.1")
+        assert (written["algorithm"]["peer_source"] == "placebo") == (r["arm"] == "hsd-placebo")
         assert set(r["accuracy_by_step"]) == {"0", "1"}
         if r["method"] == "sdzero":
             # phase 2 as the reference runs it: from the SRT model, which is also the frozen
@@ -56,4 +65,6 @@ def test_quick_compare_runs_srt_then_sdzero_paired_with_grpo(tmp_path):
         sum(finals["sdzero", s] - finals["grpo", s] for s in (0, 1)) / 2)
     for a in results["credit_alignment"]["0"]:
         assert a["k"] in (1, 6) and len(a["hsd"]) == len(a["opsd"]) == len(OFFSETS)
-    assert all((out / f).stat().st_size > 0 for f in ("table.md", "accuracy.png", "credit_alignment.png"))
+    assert set(analysis["differences"]) >= {f"{a} − grpo" for a in arms[1:]}
+    assert all((out / f).stat().st_size > 0 for f in ("table.md", "accuracy.png", "forest.png",
+                                                       "credit_alignment.png"))

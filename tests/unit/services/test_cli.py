@@ -42,6 +42,15 @@ def test_a_method_refusing_its_settings_exits_2_naming_the_field(capsys):
     assert "algorithm.advantage: method grpo needs" in capsys.readouterr().err
 
 
+def test_compare_refuses_an_unknown_arm_or_one_without_the_baseline_before_any_run(capsys, tmp_path):
+    assert main(["compare", "--arms", "grpo,hsd-oracle", "--out", str(tmp_path / "x")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown arm(s) hsd-oracle" in err and "hsd-placebo" in err  # names the arms there are
+    assert main(["compare", "--arms", "hsd,opsd", "--out", str(tmp_path / "y")]) == EXIT_USAGE
+    assert "must include grpo" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):
     monkeypatch.setenv("HSD_LEARNER__LR", "0.00042")
     assert main(["config"]) == 0

@@ -1,24 +1,18 @@
 """The comparison's statistics and analysis against independent computations: Student's t
-quantiles from published tables, paired differences by numpy, the pre-stated verdict."""
+quantiles from published tables, paired differences and slopes by numpy, the pre-stated
+verdict, and every arm's own lr sweep."""
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from services.apps.experiment import (
-    Paired,
-    RunResult,
-    analyse,
-    best_lr,
-    markdown,
-    paired,
-    t_quantile,
-    verdict,
-)
+from services.apps.arms import ARMS, SRT_PHASE, contrasts
+from services.apps.experiment import analyse, best_lr, markdown, verdict
+from services.apps.paired import Paired, paired, slope, t_quantile
+from services.apps.run_result import RunResult
 
 
 @pytest.mark.parametrize(("p", "df", "expected"), [
@@ -40,8 +34,9 @@ def test_paired_difference_mean_se_and_interval_by_numpy():
     assert paired([0.1], [0.2]) is None  # one pair: no spread to estimate
 
 
-def _run(method: str, ws: int, seed: int, final: float, k6: float, k1: float = 0.9) -> RunResult:
-    return RunResult(name=f"{method}-{ws}-{seed}", method=method, warm_start=ws, seed=seed, lr=1e-4, dir="",
+def _run(arm: str, ws: int, seed: int, final: float, k6: float, k1: float = 0.9) -> RunResult:
+    return RunResult(name=f"{arm}-{ws}-{seed}", arm=arm, method=ARMS[arm].method, warm_start=ws, seed=seed,
+                     lr=1e-4, dir="",
                      samples_before=0, samples_per_step=128, accuracy_by_step={0: 0.5, 12: final},
                      accuracy_by_length={1: k1, 6: k6}, reference_logprob=-0.1 - final, wall_seconds=1.0)
 
@@ -63,33 +58,61 @@ def test_analysis_pairs_runs_by_warm_start_and_seed():
     assert a["differences"]["hsd − opsd"]["k=6"]["mean"] == pytest.approx(0.04)
     assert a["table"]["grpo"]["final"][0] == pytest.approx(np.mean([0.6 + 0.1 * w + 0.01 * s
                                                                      for w in range(2) for s in range(3)]))
-    assert a["verdict"]["hsd_opsd_gap_grows_with_k"] is True  # 0.04 at k = 6, 0 at k = 1
+    # 0 at k = 1, 0.04 at k = 6 in every pair: a slope of 0.008 a step of k with no spread
+    assert a["differences"]["hsd − opsd"]["slope_k"]["mean"] == pytest.approx(0.008)
+    assert a["verdict"]["gap_grows_with_k"] is True
+    assert list(a["differences"]) == ["opsd − grpo", "hsd − grpo", "hsd − opsd"] == [
+        f"{b} − {a_}" for b, a_ in contrasts(["grpo", "opsd", "hsd"])]
     text = markdown(a, ["grpo", "opsd", "hsd"])
     hsd = np.array([r.final for r in runs[:-1] if r.method == "hsd"])
     assert f"| hsd | {hsd.mean():.3f} ± {hsd.std(ddof=1) / np.sqrt(6):.3f} |" in text
     assert "hsd − grpo: held-out (all k): +0.031 ± 0.000" in text
 
 
+def test_slope_over_k_is_each_pair_s_least_squares_slope_then_a_t_interval():
+    rng = np.random.default_rng(1)
+    ks = [1, 2, 4, 6]
+    a = [{k: 0.9 - 0.05 * k + 0.01 * rng.standard_normal() for k in ks} for _ in range(8)]
+    true = [0.01 + 0.004 * rng.standard_normal() for _ in range(8)]
+    b = [{k: x[k] + 0.02 + s * k for k in ks} for x, s in zip(a, true, strict=True)]
+    got = slope(a, b)
+    want = np.array(true)  # d(k) is exactly linear in k per pair: its fit returns the slope
+    assert got.n == 8 and got.mean == pytest.approx(want.mean()) and got.se == pytest.approx(
+        want.std(ddof=1) / np.sqrt(8))
+    assert got.low == pytest.approx(want.mean() - t_quantile(0.975, 7) * got.se)
+    assert slope([{1: 0.5}], [{1: 0.6}]) is None  # one k: no slope
+
+
 def _d(mean: float, se: float) -> dict:
     return {"n": 10, "mean": mean, "se": se, "low": mean - 2 * se, "high": mean + 2 * se}
 
 
-@pytest.mark.parametrize(("k4", "k6", "gap1", "gap6", "survives"), [
-    ((0.05, 0.01), (0.06, 0.02), 0.0, 0.04, True),
-    ((0.05, 0.03), (0.06, 0.02), 0.0, 0.04, False),  # k = 4 within 2 SE
-    ((0.05, 0.01), (0.06, 0.02), 0.05, 0.04, False),  # the gap does not grow with k
+def _differences(k4=(0.05, 0.01), k6=(0.06, 0.02), placebo=(0.05, 0.01), kl=(0.05, 0.01), gap=(0.01, 0.003)):
+    return {"hsd − grpo": {"k=4": _d(*k4), "k=6": _d(*k6)},
+            "hsd − hsd-placebo": {"k=6": _d(*placebo)}, "hsd − grpo-kl0.1": {"k=6": _d(*kl)},
+            "hsd − opsd": {"slope_k": _d(*gap)}}
+
+
+@pytest.mark.parametrize(("changes", "survives", "recovering"), [
+    ({}, True, []),
+    ({"k4": (0.05, 0.03)}, False, []),  # k = 4 inside the noise
+    ({"placebo": (0.01, 0.02)}, False, ["hsd-placebo"]),  # a placebo peer recovers the lead: not hindsight
+    ({"kl": (-0.01, 0.01)}, False, ["grpo-kl0.1"]),  # so does a KL pull to θ0 alone
+    ({"gap": (0.01, 0.01)}, False, []),  # the HSD − OPSD slope over k not resolved
 ])
-def test_verdict_applies_the_stated_falsification(k4, k6, gap1, gap6, survives):
-    differences = {"hsd − grpo": {"k=4": _d(*k4), "k=6": _d(*k6)},
-                   "hsd − opsd": {"k=1": _d(gap1, 0.01), "k=6": _d(gap6, 0.01)}}
-    assert verdict(differences)["claim_survives"] is survives
+def test_verdict_applies_the_stated_criteria(changes, survives, recovering):
+    v = verdict(_differences(**changes))
+    assert v["claim_survives"] is survives and v["controls_recovering_hsd_lead"] == recovering
+    missing = _differences()
+    del missing["hsd − opsd"]
+    assert verdict(missing)["claim_survives"] is None  # an arm that did not run decides nothing
 
 
 def test_paired_text_names_the_interval():
     assert Paired(10, 0.031, 0.01, 0.008, 0.054).text() == "+0.031 ± 0.010 (95% CI +0.008 … +0.054, n = 10)"
 
 
-def test_the_sweep_picks_grpo_s_best_mean_lr_and_the_grid_pairs_every_method(tmp_path):
+def test_every_arm_sweeps_its_own_lr_by_the_same_rule_and_the_grid_pairs_the_arms(tmp_path):
     """The protocol's orchestration with the run itself stubbed by a function of the config
     (the real `hsd run` path is exercised by tests/e2e/test_compare.py)."""
     from core.config import load_config
@@ -102,36 +125,40 @@ def test_the_sweep_picks_grpo_s_best_mean_lr_and_the_grid_pairs_every_method(tmp
         return c
 
     ran = []
+    best = {"grpo": 3e-4, "hsd-placebo": 2e-4, "grpo-kl0.1": 1e-4, "srt": 1e-4}  # the best mean of each arm
 
     def run(c):
-        ran.append((c.algorithm.method, c.learner.lr, c.run.seed, c.model.path))
+        a = c.algorithm
+        arm = "srt" if a.method == "srt" else "hsd-placebo" if a.peer_source == "placebo" \
+            else "grpo-kl0.1" if a.kl_coef == 0.1 else "grpo"
+        assert a.method == ARMS.get(arm, SRT_PHASE).method and (arm != "hsd-placebo" or a.teacher == "frozen")
+        ran.append((arm, c.learner.lr, c.run.seed, c.model.path))
         assert c.model.max_response_tokens == 160  # every run: the budget an SRT model's stream needs
-        # 3e-4 has the best mean but one of its runs ends below its start (0.5): it is out
-        collapses = c.learner.lr == 3e-4 and c.model.path == "ws-b" and c.run.seed == p.sweep_seeds[-1]
-        final = 0.45 if collapses else {1e-4: 0.6, 2e-4: 0.7, 3e-4: 0.9}[c.learner.lr]
+        # grpo's best mean (3e-4) has a run that ends below its start (0.5): it is out
+        collapses = arm == "grpo" and c.learner.lr == 3e-4 and c.model.path == "ws-b" \
+            and c.run.seed == p.sweep_seeds[-1]
+        final = 0.45 if collapses else 0.9 - abs(c.learner.lr - best[arm]) * 1e3
         return {"eval_accuracy_by_step": {"0": 0.5, "12": final + 0.001 * (c.run.seed % 10)}}
 
-    p = Protocol(warm_starts=("ws-a", "ws-b"), methods=("grpo", "hsd"), seeds=2)
+    p = Protocol(warm_starts=("ws-a", "ws-b"), arms=("grpo", "hsd-placebo", "grpo-kl0.1"), seeds=2)
     e = Experiment(make_config, p, tmp_path, run)
-    lr, sweep = e.sweep()
-    assert statistics.fmean(r.final for r in sweep if r.lr == 3e-4) > statistics.fmean(
-        r.final for r in sweep if r.lr == 2e-4)
-    assert lr == 2e-4 and len(sweep) == 12 and {r.seed for r in sweep} == set(p.sweep_seeds)
-    assert {(path, lr_) for m, lr_, _, path in ran} == {(w, x) for w in ("ws-a", "ws-b") for x in p.lrs}
-    assert all(m == "grpo" for m, _, _, _ in ran)
+    lrs, sweep = e.sweep(srt=[])
+    assert lrs == {"grpo": 2e-4, "hsd-placebo": 2e-4, "grpo-kl0.1": 1e-4}
+    assert len(sweep) == 3 * 3 * 2 * 2 and {r.seed for r in sweep} == set(p.sweep_seeds)
+    assert {(arm, path, lr_) for arm, lr_, _, path in ran} == {
+        (arm, w, x) for arm in p.arms for w in ("ws-a", "ws-b") for x in p.lrs}
     (srt,) = [Experiment(make_config, replace(p, warm_starts=("ws-a",)), tmp_path, run).srt()]
-    assert [(r.method, r.lr) for r in srt] == [("srt", p.srt_lr)]
-    del ran[12:]
-    runs = e.grid(lr, srt=[])
-    assert sorted((r.method, r.warm_start, r.seed) for r in runs) == \
-        sorted((m, w, s) for m in ("grpo", "hsd") for w in (0, 1) for s in (0, 1))
-    assert {(m, path) for m, lr_, _, path in ran[12:]} == {(m, w) for m in ("grpo", "hsd") for w in ("ws-a", "ws-b")}
-    assert all(lr_ == 2e-4 for _, lr_, _, _ in ran[12:])
+    assert [(r.arm, r.method, r.lr) for r in srt] == [("srt", "srt", p.srt_lr)]
+    del ran[:]
+    runs = e.grid(lrs, srt=[])
+    assert sorted((r.arm, r.warm_start, r.seed) for r in runs) == \
+        sorted((m, w, s) for m in p.arms for w in (0, 1) for s in (0, 1))
+    assert all(lr_ == lrs[arm] for arm, lr_, _, _ in ran)
 
 
 def test_best_lr_prefers_fewer_collapses_over_a_higher_mean():
     def run(lr, start, final):
-        return RunResult(name="r", method="grpo", warm_start=0, seed=0, lr=lr, dir="d", samples_before=0,
+        return RunResult(name="r", arm="grpo", method="grpo", warm_start=0, seed=0, lr=lr, dir="d", samples_before=0,
                          samples_per_step=1, accuracy_by_step={0: start, 12: final}, accuracy_by_length={},
                          reference_logprob=None, wall_seconds=0.0)
 
