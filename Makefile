@@ -40,7 +40,8 @@ soak: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 
-# the methods compared on the embedded default (hsd compare; 39 min on 2 cores; --quick: ~1 min)
+# the ablation arms and the staleness study on the embedded default (hsd compare; ≈ 5 h on 2 cores;
+# --quick: ~2 min)
 reproduce: venv
 	$(BIN)/hsd compare $(ARGS)
 

@@ -289,6 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from services.apps.arms import ARMS, BASELINE, unknown_arms
     from services.apps.experiment import FALSIFICATION, Protocol, compare, markdown
     from services.apps.launcher import Launcher
+    from services.apps.staleness_study import staleness_markdown
 
     if args.config is None:
         from core.config import EMBEDDED_CONFIG
@@ -303,6 +304,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         return default if value is None else value
 
+    def numbers(flag: str, text: str | None, kind: type) -> tuple | None:
+        if text is None:
+            return None
+        try:
+            values = tuple(kind(x) for x in text.split(",") if x)
+        except ValueError:
+            values = ()
+        if (not values and text) or any(v < 0 for v in values):
+            raise ValueError(f"{flag} takes comma-separated non-negative numbers, got {text!r}")
+        return values
+
+    try:
+        lrs, staleness = numbers("--lrs", args.lrs, float), numbers("--staleness", args.staleness, int)
+    except ValueError as err:
+        print(f"hsd compare: {err}", file=sys.stderr)
+        return EXIT_USAGE
     base = Protocol(warm_starts=tuple(resolve_model(m) for m in (args.warm_starts or f"{TINY},{TINY_SEED2}").split(",")))
     if args.quick:
         base = base.quick()
@@ -311,8 +328,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds=given("seeds", base.seeds), steps=given("steps", base.steps),
         eval_problems=given("eval_problems", base.eval_problems), srt_steps=given("srt_steps", base.srt_steps),
         srt_lr=given("srt_lr", base.srt_lr), max_response_tokens=given("max_response_tokens", base.max_response_tokens),
-        lrs=tuple(float(x) for x in args.lrs.split(",")) if args.lrs else base.lrs,
-        actors=given("actors", base.actors), parallel=given("parallel", base.parallel))
+        lrs=lrs or base.lrs,
+        actors=given("actors", base.actors), parallel=given("parallel", base.parallel),
+        staleness=base.staleness if staleness is None else staleness,
+        repeats=given("repeats", base.repeats))
     if unknown := unknown_arms(protocol.arms):
         print(f"hsd compare: unknown arm(s) {', '.join(unknown)}; the arms are {', '.join(ARMS)}", file=sys.stderr)
         return EXIT_USAGE
@@ -331,6 +350,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
           "sweep run)")
     print(markdown(results["analysis"], protocol.arms), end="")
     print(f"verdict: {json.dumps(results['analysis']['verdict'])}")
+    if results["staleness"]["analysis"]:
+        print(staleness_markdown(results["staleness"]["analysis"]), end="")
     print(f"results, table and plots in {out} ({results['wall_seconds'] / 60:.1f} min)")
     return EXIT_OK
 
@@ -351,6 +372,9 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-problems", type=int, help="held-out problems per evaluation (default 1024)")
     p.add_argument("--actors", type=int, help="actors per run (default 2)")
     p.add_argument("--parallel", type=int, help="runs at a time (default 1; more where cores allow, e.g. a GPU box)")
+    p.add_argument("--staleness", help="η values of the synchronous-vs-asynchronous study of grpo and hsd "
+                                       "(default 0,1,2,4; an empty value skips the study)")
+    p.add_argument("--repeats", type=int, help="pairs run twice at η = 0 to test reproducibility (default 3)")
     p.add_argument("--out", help="output dir (default runs/compare-TIMESTAMP)")
 
 

@@ -94,3 +94,37 @@ def plot_forest(differences: dict[str, dict[str, Any]], names: Sequence[str], pa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_staleness(runs: Sequence[RunResult], etas: Sequence[int], path: Path) -> None:
+    """Left: final held-out accuracy against η per arm (mean ± SE over pairs). Right:
+    held-out accuracy against wall-clock seconds since the first evaluation, one line per
+    (arm, η), both averaged over pairs at each evaluation step."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    arms = sorted({r.arm for r in runs})
+    for arm in arms:
+        stats = [(eta, mean_se([r.final for r in runs if r.arm == arm and r.max_staleness == eta])) for eta in etas
+                 if any(r.arm == arm and r.max_staleness == eta for r in runs)]
+        left.errorbar([e for e, _ in stats], [m for _, (m, _) in stats], yerr=[s for _, (_, s) in stats],
+                      marker="o", capsize=3, label=arm)
+        for eta in etas:
+            mine = [r for r in runs if r.arm == arm and r.max_staleness == eta and r.seconds_by_step]
+            if not mine:
+                continue
+            steps = sorted(set.intersection(*(set(r.seconds_by_step) & set(r.accuracy_by_step) for r in mine)))
+            right.plot([statistics.fmean(r.seconds_by_step[s] for r in mine) for s in steps],
+                       [statistics.fmean(r.accuracy_by_step[s] for r in mine) for s in steps],
+                       marker="o", ls="-" if arm == arms[0] else "--", label=f"{arm}, η = {eta}")
+    left.set_xlabel("staleness bound η (0: synchronous)")
+    left.set_ylabel("final held-out accuracy (mean ± SE)")
+    left.set_xticks(list(etas))
+    right.set_xlabel("wall-clock seconds since the first evaluation")
+    right.set_ylabel("held-out accuracy (mean over pairs)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Synchronous vs asynchronous: accuracy against η and against time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -10,7 +10,9 @@
     3 grid         warm start × seed × arm, one `hsd run` each at the arm's lr
     4 mechanism    on each warm start, before RL: |δ| of both teachers around the divergence,
                    k = 1 (control) and k = 6
-    5 analysis     per arm: final held-out accuracy (all, per k), reference log-prob;
+    5 staleness    grpo and hsd at each η on every pair, and repeats at η = 0
+                   (services.apps.staleness_study)
+    6 analysis     per arm: final held-out accuracy (all, per k), reference log-prob;
                    paired differences over (warm start, seed) with 95% t intervals and
                    their slope over k (services.apps.paired), read against the criteria
 
@@ -28,8 +30,8 @@ same response budget, one that holds an SRT model's attempt, revision phrase and
 
 Written to the output dir: ``results.json`` (protocol, every run, the analysis),
 ``table.md``, ``accuracy.png`` (accuracy against samples generated, mean ± SE),
-``forest.png`` (paired differences with 95% intervals, per k), ``credit_alignment.png``
-(the mechanism, per k).
+``forest.png`` (paired differences with 95% intervals, per k), ``staleness.png`` (accuracy
+against η and against wall-clock), ``credit_alignment.png`` (the mechanism, per k).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ from typing import Any
 
 from core.config import Config
 from services.apps.arms import ARMS, BASELINE, CONTROLS, SRT_PHASE, Arm, contrast_name, contrasts
-from services.apps.compare_plots import plot_accuracy, plot_alignment, plot_forest
+from services.apps.compare_plots import plot_accuracy, plot_alignment, plot_forest, plot_staleness
 from services.apps.paired import Paired, mean_se, paired, slope
-from services.apps.run_result import RunResult
+from services.apps.run_result import RunResult, asynchrony
+from services.apps.staleness_study import analyse_staleness, staleness_markdown
 
 log = logging.getLogger(__name__)
 OFFSETS = range(-6, 9)  # token offsets from the divergence in the credit-alignment plot
@@ -80,13 +83,16 @@ class Protocol:
     alignment_problems: int = 512
     actors: int = 2
     parallel: int = 1  # runs at a time (a GPU machine's cores); 1 on a laptop
+    staleness: tuple[int, ...] = (0, 1, 2, 4)  # η of the synchronous-vs-asynchronous study (empty: none)
+    staleness_arms: tuple[str, ...] = ("grpo", "hsd")
+    repeats: int = 3  # pairs run twice at η = 0 (is a synchronous run reproducible bit for bit?)
 
     def quick(self) -> Protocol:
         """The whole pipeline at the smallest size, for the test suite."""
         return replace(self, warm_starts=self.warm_starts[:1], arms=("grpo", "grpo-kl0.1", "hsd-placebo", "sdzero"),
                        seeds=2, steps=1,
                        eval_every=1, eval_problems=32, lrs=self.lrs[:1], srt_steps=1, alignment_problems=32,
-                       actors=1)
+                       actors=1, staleness=(0, 1), repeats=1)
 
 
 # ---------------------------------------------------------------------- running
@@ -101,9 +107,9 @@ class Experiment:
         self.make_config, self.p, self.out, self._run = make_config, protocol, out, run
 
     def _one(self, name: str, a: Arm, ws: int, seed: int, lr: float, steps: int,
-             model: str | None = None, samples_before: int = 0) -> RunResult:
+             model: str | None = None, samples_before: int = 0, staleness: int | None = None) -> RunResult:
         p = self.p
-        c = self.make_config([
+        c = self.make_config([*([] if staleness is None else [f"learner.max_staleness={staleness}"]),
             f'algorithm.method="{a.method}"', *a.overrides, f"run.seed={seed}", f"run.steps={steps}",
             f"learner.lr={lr}", f'run.name="{name}"', f'run.dir="{self.out / name}"',
             f"learner.eval_every={p.eval_every}", f"learner.eval_problems={p.eval_problems}", "learner.eval_samples=1",
@@ -119,7 +125,8 @@ class Experiment:
             accuracy_by_step={int(k): v for k, v in s["eval_accuracy_by_step"].items()},
             accuracy_by_length={int(k): v for k, v in by_length.get(last, {}).items()},
             reference_logprob=logprob.get(last), wall_seconds=round(time.monotonic() - started, 1),
-            samples=s.get("samples", {}))
+            samples=s.get("samples", {}), max_staleness=c.learner.max_staleness,
+            **asynchrony(self.out / name, s))
         log.info("%s: held-out %s (%.0f s)", name, result.accuracy_by_step, result.wall_seconds)
         return result
 
@@ -164,6 +171,28 @@ class Experiment:
                     jobs.append(lambda arm=arm, ws=ws, seed=seed, model=model, before=before: self._one(
                         f"{arm}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lrs[arm], self.p.steps, model, before))
         return self._map(jobs)
+
+
+    def staleness_study(self, lrs: dict[str, float], grid: list[RunResult]) -> tuple[list[RunResult],
+                                                                                    list[RunResult]]:
+        """The study's arms at every η of the protocol on every pair, at the arm's lr (the
+        grid's runs stand for the η they ran at), then the first ``repeats`` pairs at η = 0
+        once more. Returns (the study's runs, the repeats)."""
+        p = self.p
+        arms = [a for a in p.staleness_arms if a in p.arms]
+        have = {(r.arm, r.max_staleness, r.warm_start, r.seed) for r in grid}
+        pairs = [(ws, seed) for ws in range(len(p.warm_starts)) for seed in range(p.seeds)]
+
+        def job(arm: str, eta: int, ws: int, seed: int, tag: str = "") -> Callable[[], RunResult]:
+            return lambda: self._one(f"{arm}-eta{eta}-ws{ws}-seed{seed}{tag}", ARMS[arm], ws, seed, lrs[arm],
+                                     p.steps, staleness=eta)
+
+        fresh = [job(arm, eta, ws, seed) for eta in p.staleness for ws, seed in pairs for arm in arms
+                 if (arm, eta, ws, seed) not in have]
+        runs = [r for r in grid if r.arm in arms and r.max_staleness in p.staleness] + self._map(fresh)
+        again = [job(arm, 0, ws, seed, "-repeat") for ws, seed in pairs[: p.repeats] for arm in arms] \
+            if 0 in p.staleness else []
+        return runs, self._map(again)
 
 
 def collapsed(run: RunResult) -> bool:
@@ -328,14 +357,23 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
     alignment = timed("mechanism", lambda: {str(ws): credit_alignment(model, protocol.alignment_problems)
                                             for ws, model in enumerate(protocol.warm_starts)})
     analysis = analyse(runs, protocol.arms)
+    study, repeats = timed("staleness", lambda: e.staleness_study(lrs, runs)) if protocol.staleness else ([], [])
+    staleness = analyse_staleness(study, repeats, [a for a in protocol.staleness_arms if a in protocol.arms],
+                                  protocol.staleness) if study else None
     task = make_config([]).actor.task
     results = {"protocol": asdict(protocol), "lrs": lrs, "sweep": [asdict(r) for r in sweep],
                "held_out": held_out_coverage(task, protocol.eval_problems),
                "srt": [asdict(r) for r in srt], "srt_gates": srt_gates, "runs": [asdict(r) for r in runs],
                "credit_alignment": alignment, "analysis": analysis,
+               "staleness": {"runs": [asdict(r) for r in study], "repeats": [asdict(r) for r in repeats],
+                             "analysis": staleness},
                "phase_seconds": phase_seconds, "wall_seconds": round(time.monotonic() - started, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "table.md").write_text(markdown(analysis, protocol.arms))
+    (out / "table.md").write_text(markdown(analysis, protocol.arms)
+                                  + (f"\n## Synchronous vs asynchronous\n\n{staleness_markdown(staleness)}"
+                                     if staleness else ""))
+    if staleness:
+        plot_staleness(study, protocol.staleness, out / "staleness.png")
     plot_accuracy(runs, protocol.arms, out / "accuracy.png")
     plot_forest(analysis["differences"], [contrast_name(b, a) for b, a in contrasts(list(protocol.arms))],
                 out / "forest.png")

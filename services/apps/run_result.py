@@ -1,8 +1,14 @@
-"""What `hsd compare` keeps of one `hsd run`: its arm, pair, lr and held-out curve."""
+"""What `hsd compare` keeps of one `hsd run`: its arm, pair, lr and held-out curve, and
+what asynchrony did to it (its staleness bound η, throughput, ESS, drops, and a digest of
+its final weights, by which two runs are compared bit for bit)."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -21,6 +27,12 @@ class RunResult:
     reference_logprob: float | None  # at the last evaluation
     wall_seconds: float
     samples: dict[str, int] = field(default_factory=dict)  # attempts, revisions
+    max_staleness: int | None = None  # η
+    samples_per_second: float | None = None  # generated samples over the run's wall time
+    ess_fraction: float | None = None  # mean over steps of the IS weights' ESS / tokens
+    dropped_fraction: float | None = None  # groups dropped (stale, …) over groups generated
+    seconds_by_step: dict[int, float] = field(default_factory=dict)  # at each evaluation, since the first
+    weights_sha256: str | None = None  # of the final checkpoint's weights
 
     @property
     def final(self) -> float:
@@ -28,3 +40,26 @@ class RunResult:
 
     def accuracy_by_samples(self) -> dict[int, float]:
         return {self.samples_before + step * self.samples_per_step: a for step, a in self.accuracy_by_step.items()}
+
+
+def asynchrony(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The asynchrony fields of :class:`RunResult` from a run's summary, ``metrics.jsonl``
+    and last checkpoint (what a run did not write stays None / empty)."""
+    from learner import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    groups = summary.get("groups", {})
+    generated = groups.get("generated") or 0
+    records = []
+    if (run_dir / "metrics.jsonl").exists():
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    ess = [r["ess_fraction"] for r in records if r.get("kind") == "step" and "ess_fraction" in r]
+    last = ckpt.latest(run_dir / "checkpoints") if (run_dir / "checkpoints").exists() else None
+    return {
+        "samples_per_second": summary.get("throughput", {}).get("samples_per_second"),
+        "ess_fraction": statistics.fmean(ess) if ess else None,
+        "dropped_fraction": sum(groups.get("dropped", {}).values()) / generated if generated else None,
+        "seconds_by_step": {r["step"]: round(r["time"] - evals[0]["time"], 2) for r in evals},
+        "weights_sha256": ckpt.read_meta(last).files.get("model/model.safetensors") if last else None,
+    }

@@ -60,11 +60,26 @@ def test_quick_compare_runs_srt_then_the_arms_paired_with_grpo(tmp_path):
 
     analysis = results["analysis"]
     assert analysis["pairs"] == 2 and analysis["differences"]["sdzero − grpo"]["final"]["n"] == 2
-    finals = {(r["method"], r["seed"]): r["accuracy_by_step"]["1"] for r in runs}
+    finals = {(r["arm"], r["seed"]): r["accuracy_by_step"]["1"] for r in runs}
     assert analysis["differences"]["sdzero − grpo"]["final"]["mean"] == pytest.approx(
         sum(finals["sdzero", s] - finals["grpo", s] for s in (0, 1)) / 2)
     for a in results["credit_alignment"]["0"]:
         assert a["k"] in (1, 6) and len(a["hsd"]) == len(a["opsd"]) == len(OFFSETS)
     assert set(analysis["differences"]) >= {f"{a} − grpo" for a in arms[1:]}
-    assert all((out / f).stat().st_size > 0 for f in ("table.md", "accuracy.png", "forest.png",
+    for r in runs:  # what asynchrony did, read from each run's own files
+        assert r["samples_per_second"] > 0 and 0 < r["ess_fraction"] <= 1 and len(r["weights_sha256"]) == 64
+        assert r["max_staleness"] == 1 and set(r["seconds_by_step"]) == {"0", "1"}
+
+    # the synchronous-vs-asynchronous study (grpo only: hsd is not in the quick arms): η = 1
+    # from the grid, η = 0 run on both seeds, then one pair at η = 0 again
+    staleness = results["staleness"]
+    assert sorted((r["max_staleness"], r["seed"]) for r in staleness["runs"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in staleness["runs"] + staleness["repeats"]:
+        written = tomllib.loads(Path(r["dir"], "config.toml").read_text())
+        assert written["learner"]["max_staleness"] == r["max_staleness"]
+    table = staleness["analysis"]["table"]["grpo"]
+    assert table["1"]["final_minus_sync"]["n"] == 2 and table["1"]["speedup"] > 0
+    (repeat,) = staleness["analysis"]["repeats"]
+    assert repeat["seed"] == 0 and isinstance(repeat["bit_identical"], bool)
+    assert all((out / f).stat().st_size > 0 for f in ("table.md", "accuracy.png", "forest.png", "staleness.png",
                                                        "credit_alignment.png"))

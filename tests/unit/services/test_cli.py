@@ -48,7 +48,10 @@ def test_compare_refuses_an_unknown_arm_or_one_without_the_baseline_before_any_r
     assert "unknown arm(s) hsd-oracle" in err and "hsd-placebo" in err  # names the arms there are
     assert main(["compare", "--arms", "hsd,opsd", "--out", str(tmp_path / "y")]) == EXIT_USAGE
     assert "must include grpo" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    for flag, value in (("--staleness", "0,one"), ("--staleness", "-1"), ("--lrs", "fast")):
+        assert main(["compare", flag, value, "--out", str(tmp_path / "z")]) == EXIT_USAGE
+        assert flag in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "xyz")
 
 
 def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):

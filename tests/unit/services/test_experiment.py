@@ -168,3 +168,66 @@ def test_best_lr_prefers_fewer_collapses_over_a_higher_mean():
     assert best_lr(sweep, (1e-4, 3e-4)) == 1e-4
     # none collapses: the mean decides
     assert best_lr([run(1e-4, 0.5, 0.6), run(3e-4, 0.5, 0.7)], (1e-4, 3e-4)) == 3e-4
+
+
+def _eta_run(arm: str, eta: int, seed: int, final: float, sps: float, sha: str | None = None) -> RunResult:
+    return RunResult(name=f"{arm}-{eta}-{seed}", arm=arm, method=ARMS[arm].method, warm_start=0, seed=seed,
+                     lr=1e-4, dir="", samples_before=0, samples_per_step=128, accuracy_by_step={0: 0.5, 12: final},
+                     accuracy_by_length={}, reference_logprob=None, wall_seconds=1.0, max_staleness=eta,
+                     samples_per_second=sps, ess_fraction=1.0 - 0.1 * eta, dropped_fraction=0.05 * eta,
+                     weights_sha256=sha)
+
+
+@pytest.mark.parametrize(("async_final", "async_sps", "met"), [
+    (0.70, 160.0, True),  # as accurate, 1.6× the samples/s
+    (0.60, 160.0, False),  # 0.1 below synchronous: beyond 1 SE
+    (0.70, 120.0, False),  # not 1.5× faster
+])
+def test_staleness_study_reads_each_eta_against_the_synchronous_runs(async_final, async_sps, met):
+    from services.apps.staleness_study import analyse_staleness, staleness_markdown
+
+    runs = []
+    for seed in range(4):
+        runs.append(_eta_run("hsd", 0, seed, 0.70 + 0.01 * seed, 100.0, sha=f"w{seed}"))
+        for eta in (1, 2):
+            runs.append(_eta_run("hsd", eta, seed, async_final + 0.01 * seed + 0.002 * (seed % 2), async_sps))
+    repeats = [_eta_run("hsd", 0, 0, 0.70, 100.0, sha="w0"), _eta_run("hsd", 0, 1, 0.69, 100.0, sha="other")]
+    a = analyse_staleness(runs, repeats, ["hsd"], (0, 1, 2))
+    assert a["pairs"] == 4 and a["goal_met"] is met
+    row = a["table"]["hsd"]["2"]
+    assert row["speedup"] == pytest.approx(async_sps / 100.0)
+    assert row["final_minus_sync"]["mean"] == pytest.approx(async_final - 0.70 + 0.001)
+    assert (row["ess_fraction"], row["dropped_fraction"]) == pytest.approx((0.8, 0.1))
+    assert [r["bit_identical"] for r in a["repeats"]] == [True, False]
+    assert "bit for bit: False" in staleness_markdown(a)
+
+
+def test_the_staleness_study_reuses_the_grid_s_runs_at_their_eta_and_repeats_eta_0(tmp_path):
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import Experiment, Protocol
+
+    ran = []
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    def run(c):
+        ran.append((c.algorithm.method, c.learner.max_staleness, c.run.seed, c.run.name))
+        return {"eval_accuracy_by_step": {"0": 0.5, "12": 0.6}}
+
+    p = Protocol(warm_starts=("ws-a",), arms=("grpo", "hsd", "opsd"), seeds=2, staleness=(0, 1, 4), repeats=1)
+    e = Experiment(make_config, p, tmp_path, run)
+    grid = e.grid(dict.fromkeys(p.arms, 1e-4), srt=[])
+    eta = grid[0].max_staleness  # the config's η
+    assert eta == 1
+    del ran[:]
+    study, repeats = e.staleness_study(dict.fromkeys(p.arms, 1e-4), grid)
+    # η = 1 comes from the grid; 0 and 4 are run for grpo and hsd (opsd is not in the study)
+    assert sorted((m, s, seed) for m, s, seed, _ in ran[:-2]) == sorted(
+        (m, s, seed) for m in ("grpo", "hsd") for s in (0, 4) for seed in (0, 1))
+    assert {(r.arm, r.max_staleness) for r in study} == {(a, s) for a in ("grpo", "hsd") for s in (0, 1, 4)}
+    assert len(study) == 12 and [(r.arm, r.max_staleness, r.seed) for r in repeats] == [("grpo", 0, 0), ("hsd", 0, 0)]
+    assert all(name.endswith("-repeat") for *_, name in ran[-2:])
