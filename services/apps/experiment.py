@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -115,7 +116,14 @@ class Experiment:
             f"learner.eval_every={p.eval_every}", f"learner.eval_problems={p.eval_problems}", "learner.eval_samples=1",
             f'model.path="{model or p.warm_starts[ws]}"', f"model.max_response_tokens={p.max_response_tokens}"])
         started = time.monotonic()
-        s = self._run(c)
+        s = finished_run(c, self.out / name)
+        if s is None:
+            if (self.out / name).exists():  # a run an interrupted comparison left unfinished
+                log.warning("%s: unfinished or run with another config; running it again", name)
+                shutil.rmtree(self.out / name)
+            s = self._run(c)
+        else:
+            log.info("%s: finished earlier with this config; its summary is reused", name)
         by_length = s.get("eval_by_length_by_step", {})
         logprob = s.get("eval_reference_logprob_by_step", {})
         last = max(s["eval_accuracy_by_step"], key=int)
@@ -193,6 +201,20 @@ class Experiment:
         again = [job(arm, 0, ws, seed, "-repeat") for ws, seed in pairs[: p.repeats] for arm in arms] \
             if 0 in p.staleness else []
         return runs, self._map(again)
+
+
+def finished_run(config: Config, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that finished in ``run_dir`` with this config (its hashed fields
+    and steps), so that a comparison interrupted after hours goes on where it stopped."""
+    from core.config import config_hash, load_config
+
+    summary, written = run_dir / "summary.json", run_dir / "config.toml"
+    if not (summary.exists() and written.exists()):
+        return None
+    earlier = load_config(written, environ={})
+    if config_hash(earlier) != config_hash(config) or earlier.run.steps != config.run.steps:
+        return None
+    return json.loads(summary.read_text())
 
 
 def collapsed(run: RunResult) -> bool:

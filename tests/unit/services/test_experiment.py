@@ -4,7 +4,9 @@ verdict, and every arm's own lr sweep."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +233,40 @@ def test_the_staleness_study_reuses_the_grid_s_runs_at_their_eta_and_repeats_eta
     assert {(r.arm, r.max_staleness) for r in study} == {(a, s) for a in ("grpo", "hsd") for s in (0, 1, 4)}
     assert len(study) == 12 and [(r.arm, r.max_staleness, r.seed) for r in repeats] == [("grpo", 0, 0), ("hsd", 0, 0)]
     assert all(name.endswith("-repeat") for *_, name in ran[-2:])
+
+
+def test_an_interrupted_comparison_goes_on_where_it_stopped(tmp_path):
+    """A run that finished with the same config is read back, not run again; one left
+    unfinished, or run with another config, is run afresh in a clean dir."""
+    from core.config import load_config, to_toml
+    from methods import configure
+    from services.apps.experiment import Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    ran = []
+
+    def run(c):  # what the launcher leaves in a run dir
+        run_dir = Path(c.run.dir)
+        assert not run_dir.exists(), "a run starts in a clean dir"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.toml").write_text(to_toml(c, mask_secrets=False))
+        ran.append(c.run.name)
+        summary = {"eval_accuracy_by_step": {"0": 0.5, str(c.run.steps): 0.6 + 0.01 * len(ran)}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    p = Protocol(warm_starts=("ws-a",), arms=("grpo", "hsd"), seeds=2, staleness=())
+    first = Experiment(make_config, p, tmp_path, run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
+    assert len(ran) == 4
+    (tmp_path / "hsd-ws0-seed1" / "summary.json").unlink()  # interrupted during this run
+    again = Experiment(make_config, p, tmp_path, run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
+    assert ran[4:] == ["hsd-ws0-seed1"]
+    assert [r.final for r in again[:3]] == [r.final for r in first[:3]] and again[3].final != first[3].final
+    Experiment(make_config, p, tmp_path, run).grid({"grpo": 2e-4, "hsd": 1e-4}, srt=[])  # grpo's lr changed
+    assert ran[5:] == ["grpo-ws0-seed0", "grpo-ws0-seed1"]
+    Experiment(make_config, replace(p, steps=13), tmp_path, run).grid({"grpo": 2e-4, "hsd": 1e-4}, srt=[])
+    assert len(ran) == 11  # steps are outside the config hash, but a run of other length is another run
