@@ -40,7 +40,7 @@ soak: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 
-# the ablation arms and the staleness study on the embedded default (hsd compare; ≈ 5 h on 2 cores;
+# the ablation arms and the staleness study on the embedded default (hsd compare; ≈ 5.5 h on 2 cores;
 # --quick: ~2 min)
 reproduce: venv
 	$(BIN)/hsd compare $(ARGS)

@@ -192,8 +192,8 @@ class LearnerConfig(_Section):
 
 class AlgorithmConfig(_Section):
     # one module each in methods/ (their defaults and checks: methods.configure)
-    method: Literal["grpo", "hsd", "sdzero", "opsd", "srt"] = "hsd"
-    """grpo, hsd, opsd, sdzero or srt (one module each in methods/; their defaults: README)"""
+    method: Literal["grpo", "hsd", "sdzero", "opsd", "srt", "rft"] = "hsd"
+    """grpo, hsd, opsd, sdzero, srt or rft (one module each in methods/; their defaults: README)"""
     advantage: Literal["grpo", "dr_grpo", "none"] = "grpo"
     """outcome advantage A_i: grpo ((r − mean)/std), dr_grpo (r − mean) or none"""
     loss: Literal["sampled", "topk"] = "sampled"

@@ -11,10 +11,11 @@ from methods.base import Method
 from methods.grpo import GRPO
 from methods.hsd import HSD
 from methods.opsd import OPSD
+from methods.rft import RFT
 from methods.sdzero import SDZero
 from methods.srt import SRT
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (GRPO, HSD, OPSD, SDZero, SRT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (GRPO, HSD, OPSD, SDZero, SRT, RFT)}
 
 
 def make_method(algo: AlgorithmConfig) -> Method:

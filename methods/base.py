@@ -35,6 +35,7 @@ from methods.losses import (
     group_advantages,
     policy_gradient_loss,
     reference_kl_advantage,
+    supervised_loss,
     topk_distillation_loss,
 )
 from methods.peers import PeerTag, resolve_peer
@@ -161,3 +162,11 @@ class Method:
                 t.student_topk_logits, t.teacher_topk_logits, credit_mask, alpha=a.topk_alpha,
                 is_weights=t.state_weights, normalization=a.normalization, **t.norm)[0]
         return loss
+
+
+class SupervisedMethod(Method):
+    """A method whose training samples are targets: ℓ_t = −log π_θ(y_t | ·) (methods.losses
+    ``supervised_loss``), no advantage, no teacher, no behaviour correction."""
+
+    def loss(self, t: LossTerms) -> torch.Tensor:
+        return supervised_loss(t.logprobs, t.mask, self.algo.normalization, **t.norm)[0]

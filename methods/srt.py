@@ -25,8 +25,7 @@ import torch
 from core.prompts import Messages, render_prompt_ids
 from core.records import RolloutGroup
 from core.views import ScoringInput, scoring_input, student_input
-from methods.base import LossTerms, Method, TrainingSample, behaviour_logprobs
-from methods.losses import supervised_loss
+from methods.base import SupervisedMethod, TrainingSample, behaviour_logprobs
 from methods.peers import PeerTag
 from methods.sdzero import attempt_body, reviser_context
 
@@ -46,7 +45,7 @@ def srt_generation_input(tokenizer: Any, prompt: str | Messages, attempt: Sequen
     return student_input(prompt_ids, context[len(prompt_ids):] + list(revision))
 
 
-class SRT(Method):
+class SRT(SupervisedMethod):
     name = "srt"
 
     def revision_contexts(self, tokenizer: Any, prompt: Any, attempts: Sequence[Sequence[int]],
@@ -77,6 +76,3 @@ class SRT(Method):
                 policy_version=group.policy_version, group_id=group.group_id, index=i, peer_ids=None, peer_ref=None)
                 for view, mu in views]
         return out
-
-    def loss(self, t: LossTerms) -> torch.Tensor:
-        return supervised_loss(t.logprobs, t.mask, self.algo.normalization, **t.norm)[0]

@@ -39,6 +39,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("opsd", "opsd", (FROZEN,), "OPSD: frozen teacher reading the reference answer, every sample"),
     Arm("opsd-failed", "opsd", (FROZEN, 'algorithm.distill="failed"'), "OPSD on failed samples only"),
     Arm("sdzero", "sdzero", (), "SD-Zero: the SRT model as its own frozen reviser, top-64 KL"),
+    Arm("rft", "rft", (), "RFT: fine-tuning on the model's own successful samples (SD-Zero's baseline)"),
 )}
 
 # SD-Zero's phase 1, run before the arms (its model is sdzero's start): a run, not an arm

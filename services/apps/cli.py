@@ -404,7 +404,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
-    p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt"])
+    p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt", "rft"])
     p.add_argument("--steps", type=int, help="optimiser steps to train")
     p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
     p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")

@@ -38,7 +38,7 @@ from tests.waiting import wait_until
 
 @pytest.mark.parametrize(("method", "loss"), [
     ("grpo", "sampled"), ("hsd", "sampled"), ("hsd", "topk"), ("opsd", "sampled"), ("sdzero", "sampled"),
-    ("sdzero", "topk"), ("srt", "sampled")])
+    ("sdzero", "topk"), ("srt", "sampled"), ("rft", "sampled")])
 def test_six_steps_of_each_method_lower_its_objective_on_a_fixed_batch(tiny_model_dir, method, loss):
     """Each method's objective goes down over steps on one batch: the PG surrogate (grpo),
     the NLL (srt), the top-k KL (topk), and for credit-as-advantage mean δ², of which that

@@ -11,6 +11,7 @@ import torch
 from core.config import AlgorithmConfig, Config, ConfigError, load_config, to_toml
 from methods import METHODS, configure, make_method
 from methods.base import LossTerms
+from methods.peers import PeerSource, PeerTag
 
 B, T, V = 2, 3, 5
 
@@ -118,6 +119,18 @@ def test_srt_trains_the_accepted_revisions_by_likelihood():
     terms, raw = _terms("sampled", teacher=False)
     got = make_method(AlgorithmConfig(method="srt")).loss(terms)
     torch.testing.assert_close(got, -(raw["logp"] * raw["mask"]).sum() / 5)
+
+
+def test_rft_trains_its_own_successful_samples_by_likelihood(tokenizer):
+    from tests.unit.core.records_factory import make_group
+
+    group = make_group(g=4)  # samples 0 and 2 succeeded
+    rft = make_method(AlgorithmConfig(method="rft"))
+    samples = rft.training_samples(group, [PeerTag(PeerSource.NONE)] * 4, tokenizer)
+    assert [s.index for s in samples] == [0, 2] and all(s.teacher is None and s.success for s in samples)
+    assert samples[1].student.response == group.samples[2].ids.tolist()
+    terms, raw = _terms("sampled", teacher=False)
+    torch.testing.assert_close(rft.loss(terms), -(raw["logp"] * raw["mask"]).sum() / 5)
 
 
 def test_only_srt_has_an_actor_side_stage(tokenizer):
