@@ -21,6 +21,7 @@ from core.engines.hf import HFEngine
 from core.records import PromptItem
 from core.tasks import make_task
 from core.tasks.arith import ArithTask
+from methods import configure
 from services.metrics import ActorMetrics
 from services.transport.redis_client import connect
 from services.transport.streams import ACTORS_GROUP, PROMPT_FIELD, ROLLOUT_FIELD, Keys, ensure_group
@@ -35,6 +36,9 @@ def _overrides(run: str, model_dir) -> list[str]:
 
 
 def _announce(client, config, server: WeightServer) -> None:
+    """What a learner writes at start, from its config completed as every process of a run
+    completes it (the method's defaults) — the actor compares that hash with its own."""
+    configure(config)
     client.hset(Keys(config.run.name).state, mapping={
         "weights": server.address, "config_hash": config_hash(config), "version": 0, "published": 0})
 

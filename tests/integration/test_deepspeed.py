@@ -24,6 +24,19 @@ pytestmark = pytest.mark.deepspeed
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shm_comm_op_built():
+    """DeepSpeed JIT-compiles its CPU shared-memory op at the first engine start in a
+    venv; the two failures of this test seen (a rank aborting with SIGABRT, in CI and on a
+    dev machine) both came in the run that compiled it under two ranks at once, so it is
+    compiled here, once, before any rank starts."""
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        builder.load()
+
+
 @pytest.mark.parametrize(("stage", "teacher"), [(2, "ema"), (3, "current"), (3, "ema")])
 def test_zero_matches_the_torch_engine_and_resumes_exactly(tiny_model_dir, tmp_path, stage, teacher):
     # Small micro-batches: each rank runs several, and not always as many as the other.
