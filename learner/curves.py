@@ -63,7 +63,12 @@ class WandbSink:
         self.run.log(values, step=step)
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() only asks wandb's service process to close the stream; teardown joins it, so
+        # the run's files are complete when the learner (or a reader after it) goes on
+        wandb.teardown()
 
 
 def wandb_run_id(run_dir: Path) -> str:
