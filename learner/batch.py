@@ -12,7 +12,7 @@ import numpy as np
 
 from core.records import RolloutGroup
 from methods.base import Method, TrainingSample
-from methods.peers import CarriedPeer, substitute_peers
+from methods.peers import CarriedPeer, PeerSource, substitute_peers
 
 if TYPE_CHECKING:
     from learner.replay import TaggedGroup
@@ -38,6 +38,24 @@ class ReferencePeers:
         if ids is None:
             return None
         return CarriedPeer(ids, self.tokenizer.decode(ids), group.group_id, group.policy_version)
+
+
+def peer_is_reference(batch: Sequence[TaggedGroup],
+                      reference: Callable[[RolloutGroup], CarriedPeer | None]) -> float | None:
+    """Of the batch's samples distilled from an in-group peer, the share whose peer is the
+    task's reference solution, text for text (None: no such sample, or no references): on
+    the table chain nearly every success is the reference; a task with several valid paths
+    shows here how often a peer is another one."""
+    same = []
+    for t in batch:
+        carried = None
+        for tag in t.tags:
+            if tag.source is PeerSource.GROUP and tag.index is not None:
+                carried = carried or reference(t.group)
+                if carried is None:
+                    break
+                same.append(t.group.samples[tag.index].text.strip() == carried.text.strip())
+    return sum(same) / len(same) if same else None
 
 
 def with_peer_source(batch: Sequence[TaggedGroup], source: str,

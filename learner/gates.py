@@ -1,5 +1,10 @@
-"""Gates a warm-started model must pass before a comparison on the table chain means
-anything (``hsd gates``). Each is measured on held-out problems, before any RL:
+"""Gates a warm-started model must pass before a comparison on a chain task (the table
+chain, or the any-order chain with ``task = "chain-any"``) means anything (``hsd gates``).
+Each is measured on held-out problems, before any RL:
+
+- G0 (any-order chain only) several paths: the share of the student's successful samples
+  whose text is not the reference solution is ≥ 0.5, so that a successful peer in a run
+  usually shows another path than the reference (the table chain has one path a problem).
 
 - G1 the peer-conditioned teacher (HSD) can use a peer: with a successful peer in
   context it reproduces the peer (≥ 95% of samples); at the positions where the student's
@@ -33,6 +38,7 @@ import torch
 from core.engines.base import SamplingSettings
 from core.engines.hf import HFEngine
 from core.prompts import render_prompt_ids
+from core.tasks import make_task
 from core.tasks.chain import ChainTask, parse_prompt, render, steps
 from core.views import ScoringInput, student_input
 from learner.logprobs import score_responses
@@ -104,19 +110,22 @@ class Failures:
     opsd_delta: list[torch.Tensor]  # δ_t of the answer-conditioned teacher (OPSD's view)
     student_success: list[bool]  # every sample's outcome, failed or not
     resample_success: list[float]  # per failed sample: its problem's other samples' success rate
+    other_paths: list[bool]  # per successful sample: its text is not the reference solution
 
 
-def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: int = ATTEMPT_TOKENS) -> Failures:
+def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: int = ATTEMPT_TOKENS,
+             task: ChainTask | None = None) -> Failures:
     tok = engine.tokenizer
     scorer = _Scorer(engine.model, tok)
-    task = ChainTask()
+    task = task or ChainTask()
     groups = engine.generate([render_prompt_ids(tok, p.prompt) for p in held_out],
                              SamplingSettings(n=samples, max_tokens=max_tokens))
-    success, failed, resample = [], [], []
+    success, failed, resample, other_paths = [], [], [], []
     for p, group in zip(held_out, groups, strict=True):
         peer = tok.encode(p.reference, add_special_tokens=False) + [tok.eos_token_id]
         outcomes = [task.score(c.text, p).success for c in group]
         success += outcomes
+        other_paths += [c.text.strip() != p.reference for c, ok in zip(group, outcomes, strict=True) if ok]
         for c, ok in zip(group, outcomes, strict=True):
             if not ok and c.ids and c.ids != peer:
                 failed.append((p, c.ids, peer))
@@ -129,7 +138,8 @@ def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: in
         deltas.append([token_credit(t, s, torch.ones_like(s, dtype=torch.bool))
                        for t, s in zip(scorer.logprobs(views), s_lp, strict=True)])
     return Failures([p for p, _, _ in failed], [y for _, y, _ in failed], [peer for _, _, peer in failed],
-                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success, resample)
+                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success, resample,
+                    other_paths)
 
 
 def resample_rate(outcomes: list[bool]) -> float:
@@ -151,16 +161,18 @@ def credit_by_offset(f: Failures, k: int, offsets: range) -> dict[str, Any]:
 
 
 def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int = 0,
-            reviser_path: str | None = None) -> list[Gate]:
+            reviser_path: str | None = None, task_name: str = "chain") -> list[Gate]:
     engine = HFEngine.from_pretrained(model_path)
     tok = engine.tokenizer
     scorer = _Scorer(engine.model, tok)
     rng = random.Random(seed)
-    task = ChainTask()
+    task = make_task(task_name)
+    if not isinstance(task, ChainTask):
+        raise ValueError(f"the gates measure a chain task (chain, chain-any), not {task_name!r}")
     held_out = list(itertools.islice(task.problems("test", seed=seed), problems))
     torch.manual_seed(seed)
     # a model after SRT may answer with attempt, revision phrase and revision in one response
-    f = failures(engine, held_out, samples, SRT_TOKENS if reviser_path else ATTEMPT_TOKENS)
+    f = failures(engine, held_out, samples, SRT_TOKENS if reviser_path else ATTEMPT_TOKENS, task)
 
     # G1a: reproduce a successful peer
     copies = engine.generate([hsd_input(tok, p.prompt, [], p.reference).ids for p in held_out],
@@ -187,7 +199,7 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
         start, functions = parse_prompt(p.prompt_id)
         if len(functions) < 2:
             continue
-        chain = steps(start, functions)
+        chain = steps(start, functions, task.world.table)
         j = rng.randrange(len(chain) - 1)
         fn, x, y = chain[j]
         wrong = rng.choice([v for v in range(10) if v != y])
@@ -199,6 +211,10 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     resync = [g[0].text.startswith(e) for g, e in zip(continued, expected, strict=True)]
 
     gates = [
+        Gate("G0 several paths", _mean(f.other_paths), 0.5, True,
+             f"the student's {len(f.other_paths)} successful samples that are not the reference solution"),
+    ] if task.world.any_order else []
+    gates += [
         Gate("G1 peer reproduced", _mean(reproduced), 0.95, True,
              "samples of the HSD view that copy a successful peer exactly"),
         Gate("G1 p(peer) gain", _mean([t - s for t, s in zip(p_teacher, p_student, strict=True)]), 0.5, True,

@@ -37,7 +37,7 @@ from core.config import Config, config_differences, config_hash, shared_view
 from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
-from learner.batch import ReferencePeers, build_samples, with_peer_source
+from learner.batch import ReferencePeers, build_samples, peer_is_reference, with_peer_source
 from learner.curves import check_available, curve_sinks
 from learner.engines import make_trainer
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
@@ -99,7 +99,8 @@ class Learner:
         self.publisher = AsyncPublisher(self.weights, on_published=self._published)
         self.unacked: list[TaggedGroup] = []  # trained, waiting for a checkpoint
         self.history: dict[str, list[float]] = {"reward": [], "staleness": [], "abs_mean": [], "silence": [],
-                                                "divergence_mass": [], "peak_offset": [], "revision_success": []}
+                                                "divergence_mass": [], "peak_offset": [], "revision_success": [],
+                                                "peer_is_reference": []}
         self.trained_groups = 0
         self.trained_samples = 0
         self.trained_revisions = 0  # srt's second-stage samples in the trained groups
@@ -108,8 +109,9 @@ class Learner:
         self.eval_by_step: dict[int, float] = {}
         self.eval_details: dict[int, HeldOutResult] = {}
         self.evaluation = self._held_out_eval() if config.learner.eval_every else None
-        self.reference_peers = ReferencePeers(self._task(), self.tokenizer) \
-            if config.algorithm.peer_source == "reference" else None
+        # the reference solutions: the peers of peer_source "reference", and what a peer-reading
+        # method's in-group peers are measured against (peer_is_reference)
+        self.reference_peers = ReferencePeers(self._task(), self.tokenizer) if self.method.reads_peer else None
 
     def _task(self):
         from core.tasks import make_task
@@ -307,6 +309,8 @@ class Learner:
         revisions = [s.revision.success for t in batch for s in t.group.samples if s.revision is not None]
         if revisions:  # srt: how often the reviser's continuation is accepted
             self.history["revision_success"].append(statistics.fmean(revisions))
+        if self.reference_peers and (same := peer_is_reference(batch, self.reference_peers)) is not None:
+            self.history["peer_is_reference"].append(same)
         if profiles:
             abs_means = [p.abs_mean for p in profiles if p.abs_mean is not None]
             silences = [p.silence for p in profiles if p.silence is not None]
@@ -363,6 +367,7 @@ class Learner:
             "reward_mean_by_step": [round(r, 4) for r in h["reward"]],
             "revision_success_by_step": [round(r, 4) for r in h["revision_success"]],
             "staleness_mean": mean(h["staleness"]),
+            "peer_is_reference": mean(h["peer_is_reference"]),
             "credit": {"abs_mean": mean(h["abs_mean"]), "silence": mean(h["silence"]),
                        "divergence_mass": mean(h["divergence_mass"]), "peak_offset": mean(h["peak_offset"])},
             "idle_seconds": round(self.idle_s, 2), "loop_seconds": round(self.loop_s, 2),

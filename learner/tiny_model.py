@@ -26,6 +26,9 @@ SHIPPED = Path(__file__).with_name("models") / "tiny-chain"
 # second warm-start seed
 TINY_SEED2 = "tiny-seed2"
 SHIPPED_SEED2 = SHIPPED.with_name("tiny-chain-seed2")
+# warm-started on the any-order chain (`hsd warm-start --task chain-any`): several valid paths
+TINY_ANY = "tiny-chain-any"
+SHIPPED_ANY = SHIPPED.with_name("tiny-chain-any")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -95,13 +98,16 @@ def cache_dir() -> Path:
 def resolve_model(path: str) -> str:
     """A model path or hub id as is; ``tiny``: the shipped model, so that every machine
     starts from the same weights (rebuilt with ``hsd warm-start --task chain --out DIR``;
-    ``tiny-seed2``: the same with ``--seed 2``);
+    ``tiny-seed2``: the same with ``--seed 2``; ``tiny-chain-any``: warm-started with
+    ``--task chain-any``);
     ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
     cached under $HSD_CACHE (a file lock makes concurrent first starts build it once)."""
     if path == TINY:
         return str(SHIPPED)
     if path == TINY_SEED2:
         return str(SHIPPED_SEED2)
+    if path == TINY_ANY:
+        return str(SHIPPED_ANY)
     if path != TINY_ARITH:
         local = Path(path).expanduser()
         if local.exists() or path.startswith(("/", ".", "~")):

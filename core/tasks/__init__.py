@@ -1,4 +1,4 @@
-"""Tasks by name: ``make_task("chain" | "arith" | "gsm8k" | "humaneval" | "math:FILE.jsonl" |
+"""Tasks by name: ``make_task("chain" | "chain-any" | "arith" | "gsm8k" | "humaneval" | "math:FILE.jsonl" |
 "code" | "math" | "gym:NAME")``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 from core.tasks.base import Problem, Score, Task
 
 __all__ = ["Problem", "Score", "Task", "make_task", "TASK_NAMES", "check_task_name"]
-TASK_NAMES = ("chain", "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
+TASK_NAMES = ("chain", "chain-any", "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
 
 
 def check_task_name(name: str) -> str:
@@ -38,6 +38,10 @@ def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = F
         from core.tasks.chain import ChainTask
 
         return ChainTask()
+    if name == "chain-any":
+        from core.tasks.chain import ANY_ORDER_CHAIN, ChainTask
+
+        return ChainTask(world=ANY_ORDER_CHAIN)
     if name == "arith":
         from core.tasks.arith import ArithTask
 

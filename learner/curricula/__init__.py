@@ -30,6 +30,8 @@ def curriculum(task: str) -> Curriculum:
         from learner.curricula import arith as module
     elif task == "chain":
         from learner.curricula import chain as module
+    elif task == "chain-any":
+        from learner.curricula import chain_any as module
     else:
-        raise ValueError(f"no warm-start curriculum for task {task!r} (arith, chain)")
+        raise ValueError(f"no warm-start curriculum for task {task!r} (arith, chain, chain-any)")
     return Curriculum(module.example, module.STEPS, module.LR)

@@ -21,17 +21,19 @@ The mixture (fractions of a batch):
   starts out as good as the student; a real SRT phase teaches it to do better), for a right
   one, the attempt itself ("let me rephrase").
 
-Only train-split problems are used; held-out problems are never seen.
+Only train-split problems are used; held-out problems are never seen. The same scaffolding
+(:class:`ChainCurriculum`) serves the any-order chain (:mod:`learner.curricula.chain_any`)
+with its own world, beliefs and peer targets.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.prompts import render_prompt_ids
-from core.tasks.chain import DOMAIN, FUNCTIONS, TABLES, ChainTask, is_test, parse_prompt, render
+from core.tasks.chain import DOMAIN, TABLE_CHAIN, ChainTask, World, is_test, parse_prompt, render
 from core.views import student_input
 from learner.curricula import Example
 from methods.hsd import hsd_input
@@ -51,90 +53,120 @@ HARD_FRACTION = 0.3
 CONFUSION = 0.7
 
 Step = tuple[str, int, int]
+Span = tuple[int, int]  # [start, end) characters of a target's text
 
 
 @dataclass(frozen=True)
 class Beliefs:
-    """The confusable wrong value of each hard entry (function, input)."""
+    """The confusable wrong value of each hard entry (function, input) of a world's tables."""
 
+    table: dict[str, list[int]]
     confusable: dict[tuple[str, int], int]
 
     def sample(self, f: str, x: int, rng: random.Random) -> int:
-        right = TABLES[f][x]
+        right = self.table[f][x]
         wrong = self.confusable.get((f, x))
         return wrong if wrong is not None and rng.random() < CONFUSION else right
 
-    def chain(self, start: int, functions: Sequence[str], rng: random.Random) -> list[Step]:
+    def chain(self, start: int, functions: Sequence[str], rng: random.Random,
+              shown: dict[tuple[str, int], int] | None = None) -> list[Step]:
+        """A chain sampled from the beliefs, taking the value ``shown`` has for an entry
+        where it has one (a peer's entries, for a teacher that looks them up)."""
         out, value = [], start
         for f in functions:
-            nxt = self.sample(f, value, rng)
+            nxt = shown[(f, value)] if shown and (f, value) in shown else self.sample(f, value, rng)
             out.append((f, value, nxt))
             value = nxt
         return out
 
 
-def beliefs(seed: str = BELIEF_SEED) -> Beliefs:
+def beliefs(world: World = TABLE_CHAIN, seed: str = BELIEF_SEED) -> Beliefs:
     rng = random.Random(seed)
     confusable = {}
-    for f in FUNCTIONS:
+    for f in world.functions:
         for x in range(DOMAIN):
             if rng.random() < HARD_FRACTION:
-                confusable[(f, x)] = rng.choice([v for v in range(DOMAIN) if v != TABLES[f][x]])
-    return Beliefs(confusable)
+                confusable[(f, x)] = rng.choice([v for v in range(DOMAIN) if v != world.table[f][x]])
+    return Beliefs(world.table, confusable)
 
 
 BELIEFS = beliefs()
 
 
-def deviate(chain: Sequence[Step], functions: Sequence[str], rng: random.Random) -> tuple[list[Step], int]:
+def deviate(chain: Sequence[Step], rng: random.Random, beliefs: Beliefs = BELIEFS,
+            shown: dict[tuple[str, int], int] | None = None) -> tuple[list[Step], int]:
     """A chain that leaves ``chain`` at one step (another value there) and goes on from its
-    own value with the beliefs; returns it and the index of the deviating step."""
+    own value with the beliefs (and ``shown``'s entries); returns it and the index of the
+    deviating step."""
     j = rng.randrange(len(chain))
     f, x, y = chain[j]
     out = list(chain[:j]) + [(f, x, rng.choice([v for v in range(DOMAIN) if v != y]))]
-    rest = BELIEFS.chain(out[-1][2], functions[j + 1:], rng)
+    rest = beliefs.chain(out[-1][2], [g for g, _, _ in chain[j + 1:]], rng, shown)
     return out + rest, j
 
 
-def _target(tokenizer, chain: Sequence[Step], skip_step: int | None = None) -> tuple[list[int], list[bool] | None]:
-    """Token ids of the rendered chain + EOS, and (with ``skip_step``) a mask that leaves
-    out the tokens of that step's value."""
-    text = render(chain)
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+def value_span(chain: Sequence[Step], step: int) -> Span:
+    """Characters of step ``step``'s value in ``render(chain)``."""
+    end = len(render(chain[: step + 1]).split(". ####")[0])
+    return end - len(str(chain[step][2])), end
+
+
+def function_span(chain: Sequence[Step], step: int) -> Span:
+    """Characters of step ``step``'s function name in ``render(chain)``."""
+    start = value_span(chain, step)[0] - len(f"{chain[step][0]}{chain[step][1]}=")
+    return start, start + len(chain[step][0])
+
+
+def _target(tokenizer, chain: Sequence[Step], skip: Span | None = None) -> tuple[list[int], list[bool] | None]:
+    """Token ids of the rendered chain + EOS, and (with ``skip``) a mask that leaves out the
+    tokens of those characters."""
+    encoded = tokenizer(render(chain), add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"]) + [tokenizer.eos_token_id]
-    if skip_step is None:
+    if skip is None:
         return ids, None
-    value_at = _value_offset(chain, skip_step)
-    trained = [not (start <= value_at < end) for start, end in encoded["offset_mapping"]] + [True]
+    trained = [end <= skip[0] or start >= skip[1] for start, end in encoded["offset_mapping"]] + [True]
     return ids, trained
 
 
-def _value_offset(chain: Sequence[Step], step: int) -> int:
-    """Character offset of step ``step``'s value in ``render(chain)``."""
-    prefix = render(chain[: step + 1]).split(". ####")[0]
-    return len(prefix) - len(str(chain[step][2]))
+def table_peer_target(peer: list[Step], rng: random.Random) -> tuple[list[Step], Span | None]:
+    """The table chain's HSD target for a peer chain: the peer, or (``DEVIATED``) a chain
+    that leaves it at one step, that step's value skipped by the loss."""
+    if rng.random() >= DEVIATED:
+        return peer, None
+    deviated, j = deviate(peer, rng)
+    return deviated, value_span(deviated, j)
 
 
-def example(tokenizer, rng: random.Random) -> Example:
-    task = ChainTask()
-    problem = task.draw(rng)
-    while is_test(problem.prompt_id):
+@dataclass(frozen=True)
+class ChainCurriculum:
+    world: World
+    beliefs: Beliefs
+    peer_target: Callable[[list[Step], random.Random], tuple[list[Step], Span | None]]
+
+    def order(self, functions: list[str], rng: random.Random) -> list[str]:
+        """The order a chain applies the prompt's functions in: any, where the world allows."""
+        return rng.sample(functions, len(functions)) if self.world.any_order else functions
+
+    def example(self, tokenizer, rng: random.Random) -> Example:
+        task = ChainTask(world=self.world)
         problem = task.draw(rng)
-    start, functions = parse_prompt(problem.prompt_id)
-    kind = rng.choices(*zip(*MIXTURE, strict=True))[0]
-    chain = BELIEFS.chain(start, functions, rng)
-    if kind == "plain":
-        return Example(student_input(render_prompt_ids(tokenizer, problem.prompt), _target(tokenizer, chain)[0]))
-    if kind == "peer":
-        if rng.random() >= DEVIATED:
-            ids, trained = _target(tokenizer, chain)
-        else:
-            deviated, j = deviate(chain, functions, rng)
-            ids, trained = _target(tokenizer, deviated, skip_step=j)
-        return Example(hsd_input(tokenizer, problem.prompt, ids, render(chain)), trained)
-    if kind == "answer":
-        return Example(opsd_input(tokenizer, problem.prompt, _target(tokenizer, chain)[0], str(chain[-1][2])))
-    attempt = _target(tokenizer, chain)[0]
-    success = chain[-1][2] == int(problem.answer)
-    revision = attempt if success else _target(tokenizer, BELIEFS.chain(start, functions, rng))[0]
-    return Example(srt_input(tokenizer, problem.prompt, attempt, success, revision))
+        while is_test(problem.prompt_id):
+            problem = task.draw(rng)
+        start, functions = parse_prompt(problem.prompt_id)
+        kind = rng.choices(*zip(*MIXTURE, strict=True))[0]
+        chain = self.beliefs.chain(start, self.order(functions, rng), rng)
+        if kind == "plain":
+            return Example(student_input(render_prompt_ids(tokenizer, problem.prompt), _target(tokenizer, chain)[0]))
+        if kind == "peer":
+            ids, trained = _target(tokenizer, *self.peer_target(chain, rng))
+            return Example(hsd_input(tokenizer, problem.prompt, ids, render(chain)), trained)
+        if kind == "answer":
+            return Example(opsd_input(tokenizer, problem.prompt, _target(tokenizer, chain)[0], str(chain[-1][2])))
+        attempt = _target(tokenizer, chain)[0]
+        success = chain[-1][2] == int(problem.answer)
+        revision = attempt if success else _target(tokenizer, self.beliefs.chain(
+            start, self.order(functions, rng), rng))[0]
+        return Example(srt_input(tokenizer, problem.prompt, attempt, success, revision))
+
+
+example = ChainCurriculum(TABLE_CHAIN, BELIEFS, table_peer_target).example

@@ -475,7 +475,8 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def _warm_start_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="chain", choices=["chain", "arith"], help="curriculum (default chain)")
+    p.add_argument("--task", default="chain", choices=["chain", "chain-any", "arith"],
+                   help="curriculum (default chain)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the new model folder goes")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, help="optimiser steps (default: the curriculum's)")
@@ -500,7 +501,8 @@ def cmd_warm_start(args: argparse.Namespace) -> int:
 def _gates_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="the model to check (default: the shipped tiny model)")
     p.add_argument("--reviser", metavar="DIR", help="a model after an SRT phase (gate G4)")
-    p.add_argument("--problems", type=int, default=128, help="held-out table-chain problems")
+    p.add_argument("--task", default="chain", choices=["chain", "chain-any"], help="the chain task (default chain)")
+    p.add_argument("--problems", type=int, default=128, help="held-out problems of the task")
     p.add_argument("--json", action="store_true", help="print the gates as JSON")
 
 
@@ -510,7 +512,7 @@ def cmd_gates(args: argparse.Namespace) -> int:
     from learner.gates import measure, report
     from learner.tiny_model import resolve_model
 
-    gates = measure(resolve_model(args.model), problems=args.problems,
+    gates = measure(resolve_model(args.model), problems=args.problems, task_name=args.task,
                     reviser_path=resolve_model(args.reviser) if args.reviser else None)
     result = report(gates)
     if args.json:

@@ -314,19 +314,21 @@ def markdown(analysis: dict[str, Any], arms: Sequence[str]) -> str:
 # ---------------------------------------------------------------------- the mechanism
 
 
-def credit_alignment(model: str, problems: int, ks: Sequence[int] = (1, 6)) -> list[dict[str, Any]]:
+def credit_alignment(model: str, problems: int, task_name: str = "chain",
+                     ks: Sequence[int] = (1, 6)) -> list[dict[str, Any]]:
     """Both teachers' |δ| around the divergence, per k, on the model's own failed samples."""
     import itertools
 
     import torch
 
     from core.engines.hf import HFEngine
-    from core.tasks.chain import ChainTask
+    from core.tasks import make_task
     from learner.gates import credit_by_offset, failures
 
     torch.manual_seed(0)
-    held_out = list(itertools.islice(ChainTask().problems("test", seed=0), problems))
-    f = failures(HFEngine.from_pretrained(model), held_out, samples=8)
+    task = make_task(task_name)
+    held_out = list(itertools.islice(task.problems("test", seed=0), problems))
+    f = failures(HFEngine.from_pretrained(model), held_out, samples=8, task=task)
     return [credit_by_offset(f, k, OFFSETS) for k in ks]
 
 
@@ -364,9 +366,11 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
         return result
 
     e = Experiment(make_config, protocol, out, run)
+    task = make_config([]).actor.task
     srt = timed("srt", e.srt) if "sdzero" in protocol.arms else []
     srt_gates = timed("srt_gates", lambda: [report(measure(srt_model(r), problems=protocol.alignment_problems // 4,
-                                                           reviser_path=srt_model(r))) for r in srt])
+                                                           reviser_path=srt_model(r), task_name=task))
+                                            for r in srt])
     lrs, sweep = timed("sweep", lambda: e.sweep(srt))
     for arm in protocol.arms:
         for x in protocol.lrs:
@@ -376,13 +380,12 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
                          statistics.fmean(r.final for r in mine), sum(map(collapsed, mine)), len(mine))
     log.info("learning rates %s (swept %s)", lrs, protocol.lrs)
     runs = timed("grid", lambda: e.grid(lrs, srt))
-    alignment = timed("mechanism", lambda: {str(ws): credit_alignment(model, protocol.alignment_problems)
+    alignment = timed("mechanism", lambda: {str(ws): credit_alignment(model, protocol.alignment_problems, task)
                                             for ws, model in enumerate(protocol.warm_starts)})
     analysis = analyse(runs, protocol.arms)
     study, repeats = timed("staleness", lambda: e.staleness_study(lrs, runs)) if protocol.staleness else ([], [])
     staleness = analyse_staleness(study, repeats, [a for a in protocol.staleness_arms if a in protocol.arms],
                                   protocol.staleness) if study else None
-    task = make_config([]).actor.task
     results = {"protocol": asdict(protocol), "lrs": lrs, "sweep": [asdict(r) for r in sweep],
                "held_out": held_out_coverage(task, protocol.eval_problems),
                "srt": [asdict(r) for r in srt], "srt_gates": srt_gates, "runs": [asdict(r) for r in runs],

@@ -247,7 +247,8 @@ class Launcher:
             "samples": {"attempts": learner["trained_samples"], "revisions": learner["trained_revisions"]},
             **({"revision_success_by_step": learner["revision_success_by_step"]}
                if learner["revision_success_by_step"] else {}),
-            "staleness_mean": learner["staleness_mean"], "credit": learner["credit"],
+            "staleness_mean": learner["staleness_mean"], "peer_is_reference": learner["peer_is_reference"],
+            "credit": learner["credit"],
             "actor_versions": {k.decode(): int(v) for k, v in client.hgetall(keys.actors).items()},
             "throughput": {"samples_per_second": round(learner["trained_samples"] / loop, 3) if loop else None,
                            "learner_idle_fraction": round(learner["idle_seconds"] / loop, 3) if loop else None,

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.config import ConfigError, load_config
 from core.tasks.arith import ArithTask
-from learner.batch import ReferencePeers, build_samples, with_peer_source
+from learner.batch import ReferencePeers, build_samples, peer_is_reference, with_peer_source
 from learner.logprobs import score_responses
 from learner.teacher import FrozenTeacher
 from learner.trainer import TorchTrainer
@@ -56,6 +56,22 @@ def test_a_prompt_the_task_cannot_look_up_has_no_reference(tiny_model_dir):
     from dataclasses import replace
 
     assert lookup(replace(group, prompt_id="not-an-arith-prompt")) is None
+
+
+def test_the_share_of_in_group_peers_that_are_the_reference_solution(tiny_model_dir):
+    from dataclasses import replace
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    batch = tagged(real_groups(tiny_model_dir, 3))
+    lookup = ReferencePeers(ArithTask(), tok)
+    peered = [sum(t.source is PeerSource.GROUP for t in g.tags) for g in batch]
+    assert min(peered) > 0
+    assert peer_is_reference(batch, lookup) == 1.0  # on arith every success is the reference
+    first = batch[0].group
+    another_path = replace(batch[0], group=replace(first, samples=[
+        replace(s, text=s.text + " Checked.") if s.success else s for s in first.samples]))
+    assert peer_is_reference([another_path, *batch[1:]], lookup) == pytest.approx(1 - peered[0] / sum(peered))
+    assert peer_is_reference(batch, lambda group: None) is None  # a task without references
 
 
 def test_peer_sources_are_refused_for_methods_whose_teacher_reads_no_peer():

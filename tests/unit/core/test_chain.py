@@ -1,11 +1,14 @@
-"""The table-chain task against computations done here, step by step."""
+"""The chain tasks against computations done here, step by step."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from core.tasks import make_task
 from core.tasks.chain import (
+    ANY_ORDER_CHAIN,
     DOMAIN,
     FUNCTIONS,
     LENGTHS,
@@ -13,6 +16,7 @@ from core.tasks.chain import (
     ChainTask,
     is_test,
     make_problem,
+    steps,
     tables,
 )
 
@@ -56,3 +60,30 @@ def test_held_out_problems_are_disjoint_from_training_ones_for_every_length():
     every_k2 = [make_problem(s, fs).prompt_id for s in range(DOMAIN) for fs in itertools.product(FUNCTIONS, repeat=2)]
     held = [t for t in every_k2 if is_test(t)]
     assert 0.05 < len(held) / len(every_k2) < 0.15
+
+
+def test_any_order_functions_commute_so_every_order_is_a_valid_path():
+    table = ANY_ORDER_CHAIN.table
+    assert len(table) == 9 and all(sorted(t) == list(range(DOMAIN)) for t in table.values())
+    p = make_problem(3, ["a", "c", "f"], ANY_ORDER_CHAIN)
+    assert p.prompt == "Start at 3. Apply a c f in any order."
+    paths = {tuple(steps(3, order, table)) for order in itertools.permutations("acf")}
+    assert len(paths) == 6  # six different solution texts …
+    assert {path[-1][2] for path in paths} == {int(p.answer)}  # … with one answer
+    task = make_task("chain-any")
+    assert all(task.score(f"{', '.join(f'{f}{x}={y}' for f, x, y in path)}. #### {p.answer}", p).success
+               for path in paths)
+    assert task.problem(p.prompt_id) == p
+
+
+def test_an_any_order_problem_is_a_set_of_distinct_functions_named_once():
+    task = make_task("chain-any")
+    for p in itertools.islice(task.problems("train"), 200):
+        functions = p.prompt.split("Apply ")[1].removesuffix(" in any order.").split()
+        assert functions == sorted(set(functions)) and len(functions) == p.fields["k"]
+    for other in ("Start at 3. Apply f a in any order.", "Start at 3. Apply a a in any order.", "Start at 3. Apply a c."):
+        with pytest.raises(KeyError):
+            task.problem(other)  # not a problem's id: unsorted, repeated, or the table chain's
+    every_k4 = [make_problem(s, list(fs), ANY_ORDER_CHAIN).prompt_id
+                for s in range(DOMAIN) for fs in itertools.combinations("abcdefghi", 4)]
+    assert len(every_k4) == 1260 and 0.05 < sum(map(is_test, every_k4)) / len(every_k4) < 0.15
