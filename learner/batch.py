@@ -48,13 +48,9 @@ def peer_is_reference(batch: Sequence[TaggedGroup],
     shows here how often a peer is another one."""
     same = []
     for t in batch:
-        carried = None
-        for tag in t.tags:
-            if tag.source is PeerSource.GROUP and tag.index is not None:
-                carried = carried or reference(t.group)
-                if carried is None:
-                    break
-                same.append(t.group.samples[tag.index].text.strip() == carried.text.strip())
+        peers = [t.group.samples[tag.index] for tag in t.tags if tag.source is PeerSource.GROUP]
+        if peers and (carried := reference(t.group)) is not None:
+            same += [peer.text.strip() == carried.text.strip() for peer in peers]
     return sum(same) / len(same) if same else None
 
 
