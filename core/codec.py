@@ -143,6 +143,7 @@ def encode_prompt(item: PromptItem) -> bytes:
             "prompt": item.prompt,
             "answer": item.answer,
             "admitted_at_version": int(item.admitted_at_version),
+            "sampling_seed": item.sampling_seed,
         },
         use_bin_type=True,
     )
@@ -179,6 +180,10 @@ class _Reader:
 
     def int(self, key: str) -> int:
         return self._get(key, (int,))
+
+    def optional_int(self, key: str) -> int | None:
+        """A field a producer may leave out (an older one) or set to nil."""
+        return self._get(key, (int,), nullable=True) if key in self.m else None
 
     def float(self, key: str) -> float:
         value = float(self._get(key, (int, float)))
@@ -391,5 +396,6 @@ def decode_prompt(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> PromptIt
         prompt=_decode_messages(r, "prompt"),
         answer=r.str("answer", nullable=True),
         admitted_at_version=r.int("admitted_at_version"),
+        sampling_seed=r.optional_int("sampling_seed"),
         v=SCHEMA_VERSION,
     )

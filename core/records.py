@@ -6,6 +6,8 @@ wire (int32 ids, float32 log-probs); :mod:`core.codec` converts and validates.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -62,6 +64,18 @@ class RolloutGroup:
     def size(self) -> int:
         return len(self.samples)
 
+    @functools.cached_property
+    def content_key(self) -> str:
+        """A digest of what the group is (its prompt, version and sampled tokens), never of
+        who made it or when: the learner's order within a batch and its seeded draws (a
+        peer, a placebo) follow from it, so that the same groups make the same step whatever
+        order the actors delivered them in."""
+        digest = hashlib.blake2b(f"{self.prompt_id}\0{self.policy_version}".encode(), digest_size=16)
+        for s in self.samples:
+            digest.update(s.ids.tobytes())
+            digest.update(b"\0")
+        return digest.hexdigest()
+
 
 @dataclass(frozen=True)
 class PromptItem:
@@ -72,4 +86,7 @@ class PromptItem:
     prompt: str | list[ChatMessage] = field(hash=False)  # text or chat messages
     answer: str | None  # reference answer (for verifiers and the OPSD/HSD teacher)
     admitted_at_version: int  # learner version when the prompt was admitted
+    # the seed its G samples are drawn with (the learner derives it from run.seed and the
+    # prompt's place in the stream), so that a synchronous run is reproducible; None: unseeded
+    sampling_seed: int | None = None
     v: int = SCHEMA_VERSION  # wire schema version

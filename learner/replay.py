@@ -199,7 +199,7 @@ class ReplayBuffer:
             fallback=self.s.peer_fallback,
             has_answer=group.answer is not None,
             bank=bank,
-            rng=random.Random(f"{self.s.seed}:{group.group_id}"),
+            rng=random.Random(f"{self.s.seed}:{group.content_key}"),
         )
 
     def reject_unusable(self, t: TaggedGroup, err: Exception) -> None:
@@ -244,7 +244,9 @@ class ReplayBuffer:
         while True:
             self._drop_stale(version)
             if len(self.buffer) >= self.s.batch_groups:
-                batch = [self.buffer.popleft() for _ in range(self.s.batch_groups)]
+                # first come, first batched; inside the batch an order that arrival does not set
+                batch = sorted((self.buffer.popleft() for _ in range(self.s.batch_groups)),
+                               key=lambda t: t.group.content_key)
                 self._observe_batch(batch, version)
                 return batch
             remaining = deadline - time.monotonic()

@@ -21,6 +21,7 @@ last checkpoint are still pending in Redis, and `--resume` re-reads and retrains
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import statistics
@@ -121,8 +122,9 @@ class Learner:
 
     def _task_prompts(self):
         task = self._task()
-        for p in task.problems("train", seed=self.config.run.seed):
-            yield PromptItem(p.prompt_id, task.name, p.prompt, p.answer, self.version)
+        for n, p in enumerate(task.problems("train", seed=self.config.run.seed)):
+            yield PromptItem(p.prompt_id, task.name, p.prompt, p.answer, self.version,
+                             sampling_seed=sampling_seed(self.config.run.seed, n))
 
     def _held_out_eval(self):
         from core.engines.base import SamplingSettings
@@ -383,6 +385,12 @@ class Learner:
                                                for k, r in sorted(self.eval_details.items())
                                                if r.reference_logprob is not None},
         }
+
+
+def sampling_seed(run_seed: int, n: int) -> int:
+    """The seed of the ``n``-th prompt's group: a function of the run's seed and the prompt's
+    place in the stream only, never of which actor takes it or when."""
+    return int.from_bytes(hashlib.blake2b(f"{run_seed}:{n}".encode(), digest_size=8).digest()) >> 1
 
 
 def load_trainer(config: Config, model_path: str, resume: bool, force_config: bool = False):

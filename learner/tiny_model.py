@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 TINY = "tiny"  # the shipped model, warm-started on the table chain (learner/models/tiny-chain)
 TINY_ARITH = "tiny-arith"  # warm-started on the arithmetic task on first use, then cached
 TINY_VERSION = "v5"  # bump when the architecture, tokenizer or arithmetic warm start changes
-SHIPPED = Path(__file__).with_name("models") / "tiny-chain"
-# the same warm start with seed 2 (`hsd warm-start --task chain --seed 2`): the comparison's
-# second warm-start seed
-TINY_SEED2 = "tiny-seed2"
-SHIPPED_SEED2 = SHIPPED.with_name("tiny-chain-seed2")
-# warm-started on the any-order chain (`hsd warm-start --task chain-any`): several valid paths
-TINY_ANY = "tiny-chain-any"
-SHIPPED_ANY = SHIPPED.with_name("tiny-chain-any")
+MODELS = Path(__file__).with_name("models")
+# the shipped warm starts, by name: the table chain's (`hsd warm-start --task chain`, seed 1
+# and, for the comparison's second warm-start seed, 2) and the any-order chain's
+# (`--task chain-any`: several valid paths)
+SHIPPED = {TINY: MODELS / "tiny-chain", "tiny-seed2": MODELS / "tiny-chain-seed2",
+           "tiny-chain-any": MODELS / "tiny-chain-any"}
+# `hsd compare`'s warm starts for each task that ships two (chain-any ships one, and it
+# fails gate G1, so its comparison names its warm starts)
+WARM_STARTS = {"chain": (TINY, "tiny-seed2")}
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -96,18 +97,12 @@ def cache_dir() -> Path:
 
 
 def resolve_model(path: str) -> str:
-    """A model path or hub id as is; ``tiny``: the shipped model, so that every machine
-    starts from the same weights (rebuilt with ``hsd warm-start --task chain --out DIR``;
-    ``tiny-seed2``: the same with ``--seed 2``; ``tiny-chain-any``: warm-started with
-    ``--task chain-any``);
-    ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
+    """A model path or hub id as is; a name of :data:`SHIPPED`: that shipped model, so that
+    every machine starts from the same weights (``tiny``: rebuilt with ``hsd warm-start
+    --task chain --out DIR``); ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
     cached under $HSD_CACHE (a file lock makes concurrent first starts build it once)."""
-    if path == TINY:
-        return str(SHIPPED)
-    if path == TINY_SEED2:
-        return str(SHIPPED_SEED2)
-    if path == TINY_ANY:
-        return str(SHIPPED_ANY)
+    if path in SHIPPED:
+        return str(SHIPPED[path])
     if path != TINY_ARITH:
         local = Path(path).expanduser()
         if local.exists() or path.startswith(("/", ".", "~")):

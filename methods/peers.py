@@ -149,7 +149,7 @@ def substitute_peers(
     """The batch's tags with every sample's peer (GROUP or BANK) replaced by ``source``'s.
 
     ``group``: unchanged. ``placebo``: a success of a group of another prompt in the batch,
-    drawn uniformly (seeded by the group id; none: NONE, ``NO_PLACEBO``). ``reference``:
+    drawn uniformly (seeded by the group's content; none: NONE, ``NO_PLACEBO``). ``reference``:
     ``reference(group)`` (None: NONE, ``NO_REFERENCE``). Samples without a peer (the
     fallbacks) keep their tag, so that an arm distils the same samples as HSD does.
     """
@@ -170,7 +170,7 @@ def substitute_peers(
             missing = NoPeer.NO_REFERENCE
         else:
             others = [(g, s) for g in groups if g.prompt_id != group.prompt_id for s in g.samples if s.success]
-            g, s = random.Random(f"{seed}:{group.group_id}").choice(others) if others else (None, None)
+            g, s = random.Random(f"{seed}:{group.content_key}").choice(others) if others else (None, None)
             carried = CarriedPeer(s.ids, s.text, g.group_id, g.policy_version) if others else None
             missing = NoPeer.NO_PLACEBO
         new = PeerTag(PeerSource(source), carried=carried) if carried else PeerTag(PeerSource.NONE, reason=missing)

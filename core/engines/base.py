@@ -31,8 +31,11 @@ class Engine(ABC):
     tokenizer: Any  # the model's tokenizer (prompts are rendered with it)
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[Completion]]:
-        """``sampling.n`` completions for each prompt (token ids, chat template applied)."""
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """``sampling.n`` completions for each prompt (token ids, chat template applied);
+        with ``seeds`` (one per prompt) each prompt's completions are a function of its
+        seed and the weights alone, whatever else is in the batch."""
 
     @abstractmethod
     def load_weights(self, tensors: Mapping[str, torch.Tensor], version: int) -> None:

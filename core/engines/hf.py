@@ -57,8 +57,22 @@ class HFEngine(Engine):
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        if seeds is None:
+            return self._generate(prompts, sampling)
+        # torch's sampler draws every row of a batch from one generator, so a prompt's
+        # samples would depend on what it is batched with: one call per seeded prompt
+        devices = [self.device] if self.device.type == "cuda" else []
+        out: list[list[Completion]] = []
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                out += self._generate([prompt], sampling)
+        return out
+
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[Completion]]:
+    def _generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[Completion]]:
         ids, mask = self._batch(prompts, sampling.n)
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, do_sample=True, temperature=sampling.temperature,

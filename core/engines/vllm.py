@@ -87,14 +87,18 @@ class VLLMEngine(Engine):
         self.llm.reset_prefix_cache()
         self.version = version
 
-    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings) -> list[list[Completion]]:
+    def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingSettings,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         # token ids and the sampled token's log-prob only: vLLM's detokenizing (of the text
         # and of every log-prob entry) is skipped, the text is decoded once at the end
-        params = SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                top_p=sampling.top_p, logprobs=0, flat_logprobs=True, detokenize=False)
+        def params_for(seed: int | None) -> SamplingParams:
+            return SamplingParams(n=sampling.n, max_tokens=sampling.max_tokens, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, logprobs=0, flat_logprobs=True, detokenize=False, seed=seed)
+
+        params = params_for(None) if seeds is None else [params_for(s) for s in seeds]  # vLLM: a seed per request
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
         return [[self._completion(o) for o in out.outputs] for out in outputs]

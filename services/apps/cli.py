@@ -285,7 +285,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from learner.tiny_model import TINY, TINY_SEED2, resolve_model
+    from learner.tiny_model import WARM_STARTS, resolve_model
     from services.apps.arms import ARMS, BASELINE, unknown_arms
     from services.apps.experiment import FALSIFICATION, Protocol, compare, markdown
     from services.apps.launcher import Launcher
@@ -295,7 +295,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from core.config import EMBEDDED_CONFIG
 
         args.config = str(EMBEDDED_CONFIG)
-    _load(args)  # a bad file or override fails here, before any run
+    task = _load(args).actor.task  # a bad file or override fails here, before any run
 
     def make_config(overrides: list[str]):
         return _load(argparse.Namespace(config=args.config, overrides=[*args.overrides, *overrides]))
@@ -320,7 +320,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"hsd compare: {err}", file=sys.stderr)
         return EXIT_USAGE
-    base = Protocol(warm_starts=tuple(resolve_model(m) for m in (args.warm_starts or f"{TINY},{TINY_SEED2}").split(",")))
+    if args.warm_starts is None and task not in WARM_STARTS:
+        print(f"hsd compare: --warm-starts is needed: no warm starts ship for actor.task {task!r} "
+              f"(they do for {', '.join(WARM_STARTS)})", file=sys.stderr)
+        return EXIT_USAGE
+    warm_starts = args.warm_starts.split(",") if args.warm_starts else WARM_STARTS[task]
+    base = Protocol(warm_starts=tuple(resolve_model(m) for m in warm_starts))
     if args.quick:
         base = base.quick()
     protocol = replace(
@@ -361,7 +366,8 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the whole pipeline at its smallest size (1 warm start, 2 seeds, 1 step; for tests)")
     p.add_argument("--arms", help="comma-separated, grpo included (default: every arm; README: Method comparison)")
-    p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default tiny,tiny-seed2)")
+    p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default: the task's shipped "
+                   "ones, tiny,tiny-seed2 on chain; other tasks must name them)")
     p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")
     p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
     p.add_argument("--lrs", help="learning rates every arm sweeps (default 1e-4,2e-4,3e-4; one value: no sweep)")

@@ -1,4 +1,4 @@
-"""`hsd compare`: the arms side by side on the table chain, paired, as the claim needs.
+"""`hsd compare`: the arms side by side on a chain task (the config's actor.task), paired, as the claim needs.
 
 ::
 

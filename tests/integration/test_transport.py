@@ -51,6 +51,24 @@ def test_round_trip_through_the_rollout_stream(client):
     assert client.xpending(keys.rollouts, "learner")["pending"] == 0
 
 
+def test_a_batch_s_order_and_peers_follow_from_its_groups_not_their_arrival(client):
+    """Two actors deliver the same groups in either order: the learner trains the same
+    step (a synchronous run's reproducibility rests on it)."""
+    def group(prompt: int, order: str):
+        # all successful: every sample's peer is a random draw among the others
+        return make_group(run=f"arrival-{order}", prompt_id=f"p-{prompt}", policy_version=0,
+                          samples=tuple(make_sample(4, seed=10 * prompt + k) for k in range(4)))
+
+    batches = {}
+    for order, prompts in (("ab", (0, 1, 2)), ("ba", (2, 0, 1))):
+        for p in prompts:
+            publish_group(client, Keys(f"arrival-{order}"), group(p, order))
+        batch = _replay(client, f"arrival-{order}", batch_groups=3).next_batch(0, timeout_s=5)
+        batches[order] = [(t.group.prompt_id, [(tag.source, tag.index) for tag in t.tags]) for t in batch]
+    assert batches["ab"] == batches["ba"]
+    assert any(tags != batches["ab"][0][1] for _, tags in batches["ab"][1:])  # the draws are per group
+
+
 def test_learner_restart_rereads_uncommitted_but_not_committed(client):
     keys = Keys("restart")
     for i in range(4):

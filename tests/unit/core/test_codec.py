@@ -70,6 +70,19 @@ def test_prompt_round_trip_with_text_and_messages():
         assert decode_prompt(encode_prompt(item)) == item
 
 
+def test_a_prompt_s_sampling_seed_round_trips_and_an_older_producer_may_leave_it_out():
+    item = make_prompt(sampling_seed=2**63 - 1)
+    assert decode_prompt(encode_prompt(item)).sampling_seed == 2**63 - 1
+    raw = msgpack.unpackb(encode_prompt(make_prompt()))
+    assert raw["sampling_seed"] is None
+    del raw["sampling_seed"]
+    assert decode_prompt(msgpack.packb(raw)).sampling_seed is None
+    raw["sampling_seed"] = "7"
+    with pytest.raises(RecordRejected) as info:
+        decode_prompt(msgpack.packb(raw))
+    assert info.value.reason is Reason.BAD_TYPE and "sampling_seed" in str(info.value)
+
+
 def test_empty_response_is_valid():
     m = _raw_map()
     m["samples"][0]["ids"] = b""

@@ -51,7 +51,10 @@ def test_compare_refuses_an_unknown_arm_or_one_without_the_baseline_before_any_r
     for flag, value in (("--staleness", "0,one"), ("--staleness", "-1"), ("--lrs", "fast")):
         assert main(["compare", flag, value, "--out", str(tmp_path / "z")]) == EXIT_USAGE
         assert flag in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in "xyz")
+    # the warm starts follow the task: none ship for arith, so they must be named
+    assert main(["compare", "--set", 'actor.task="arith"', "--out", str(tmp_path / "w")]) == EXIT_USAGE
+    assert "--warm-starts is needed" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in "xyzw")
 
 
 def test_env_override_reaches_the_resolved_config(monkeypatch, capsys):
