@@ -192,17 +192,17 @@ class Actor:
             return 0
         self._catch_up()
         version = self.engine.version  # weights change only between batches
-        seeds = [item.sampling_seed for _, item in work]
-        seeded = all(seed is not None for seed in seeds)
+        given = [item.sampling_seed for _, item in work]
+        seeds = given if all(seed is not None for seed in given) else None
         start = time.perf_counter()
-        completions = self.engine.generate(prompt_ids, self.sampling, seeds if seeded else None)
+        completions = self.engine.generate(prompt_ids, self.sampling, seeds)
         self.metrics.generate_seconds.observe(time.perf_counter() - start)
         pending = [
             [self.verifiers.submit(self._score, item, c.text) for c in group]
             for (_, item), group in zip(work, completions, strict=True)
         ]
         scores = [[f.result() for f in futures] for futures in pending]
-        revisions = self._revise(work, completions, scores, seeds if seeded else None)
+        revisions = self._revise(work, completions, scores, seeds)
         for (entry_id, item), ids, group, group_scores, group_revisions in zip(
                 work, prompt_ids, completions, scores, revisions, strict=True):
             samples = []

@@ -99,8 +99,9 @@ def cache_dir() -> Path:
 def resolve_model(path: str) -> str:
     """A model path or hub id as is; a name of :data:`SHIPPED`: that shipped model, so that
     every machine starts from the same weights (``tiny``: rebuilt with ``hsd warm-start
-    --task chain --out DIR``); ``tiny-arith``: the built-in model warm-started on the arithmetic task, built once and
-    cached under $HSD_CACHE (a file lock makes concurrent first starts build it once)."""
+    --task chain --out DIR``); ``tiny-arith``: the built-in model warm-started on the
+    arithmetic task, built once and cached under $HSD_CACHE (a file lock makes concurrent
+    first starts build it once)."""
     if path in SHIPPED:
         return str(SHIPPED[path])
     if path != TINY_ARITH:
