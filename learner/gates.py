@@ -3,24 +3,34 @@ chain, or the any-order chain with ``task = "chain-any"``) means anything (``hsd
 Each is measured on held-out problems, before any RL:
 
 - G0 (any-order chain only) several paths: the share of the student's successful samples
-  whose text is not the reference solution is ≥ 0.5, so that a successful peer in a run
-  usually shows another path than the reference (the table chain has one path a problem).
+  at k ≥ 2 whose text is not the reference solution is ≥ 0.5, so that a successful peer in
+  a run usually shows another path than the reference (the table chain has one path a
+  problem, and so has every k = 1 problem: the control, where path and answer coincide).
 
 - G1 the peer-conditioned teacher (HSD) can use a peer: with a successful peer in
   context it reproduces the peer (≥ 95% of samples); at the positions where the student's
   own failed samples leave that peer, its p(peer token) exceeds the student's by ≥ 0.5
   (mean); after a deviated prefix it re-synchronises, i.e. goes on from the deviated value
   (≥ 90%), so its credit does not punish the steps after a mistake.
-- G2 the answer-conditioned teacher (OPSD) is silent at intermediate divergences: on
-  k ≥ 4 chains whose divergence is not at the last step, its mean |δ| at the divergence
-  is ≤ 0.3 × HSD's.
+- G2 the answer-conditioned teacher (OPSD) is silent at intermediate mistakes: on k ≥ 4
+  chains whose mistake is not at the last step, its mean |δ| at the mistake is ≤ 0.3 ×
+  HSD's.
 - G3 HSD's credit is where the mistake is: the share of Σ|δ| within ±2 tokens of the
-  divergence is ≥ 0.6 (mean over failed samples).
+  mistake is ≥ 0.6 (mean over failed samples).
 - G4 (SD-Zero, needs a model after a real SRT phase): the reviser's accuracy after a failed
   attempt exceeds the student's accuracy on the same problems (a fresh attempt: the
   problem's other samples). Failed attempts are mostly on hard problems (long chains), so
   the student's accuracy over all problems would be the wrong bar: below it, a reviser
   that beats resampling could still fail.
+
+A failed sample's *mistake* is the first token where it leaves every valid solution (on
+the table chain the reference's divergence from it; on the any-order chain a sample in
+another order than the reference leaves the reference at its first function name, which
+is no mistake, so the divergence from the reference would misplace it). On the any-order
+chain G3 is also measured on the failed samples that follow the peer's order up to their
+mistake ("G3 on the peer's path"): the others take another valid path first, and a
+peer-conditioned teacher's credit there lands on the departure from the peer, not only on
+the mistake.
 
 A comparison whose gates fail is inconclusive.
 """
@@ -30,6 +40,7 @@ from __future__ import annotations
 import itertools
 import random
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,6 +117,7 @@ class Failures:
     responses: list[list[int]]
     peers: list[list[int]]
     divergence: list[int]  # first token where the sample leaves its peer
+    mistake: list[int]  # first token where the sample leaves every valid solution
     hsd_delta: list[torch.Tensor]  # δ_t of the peer-conditioned teacher (HSD's view)
     opsd_delta: list[torch.Tensor]  # δ_t of the answer-conditioned teacher (OPSD's view)
     student_success: list[bool]  # every sample's outcome, failed or not
@@ -120,15 +132,20 @@ def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: in
     task = task or ChainTask()
     groups = engine.generate([render_prompt_ids(tok, p.prompt) for p in held_out],
                              SamplingSettings(n=samples, max_tokens=max_tokens))
-    success, failed, resample, other_paths = [], [], [], []
+    success, failed, mistakes, resample, other_paths = [], [], [], [], []
     for p, group in zip(held_out, groups, strict=True):
         peer = tok.encode(p.reference, add_special_tokens=False) + [tok.eos_token_id]
+        solutions = None
         outcomes = [task.score(c.text, p).success for c in group]
         success += outcomes
-        other_paths += [c.text.strip() != p.reference for c, ok in zip(group, outcomes, strict=True) if ok]
+        if p.fields["k"] >= 2:
+            other_paths += [c.text.strip() != p.reference for c, ok in zip(group, outcomes, strict=True) if ok]
         for c, ok in zip(group, outcomes, strict=True):
             if not ok and c.ids and c.ids != peer:
+                solutions = solutions or [tok.encode(s, add_special_tokens=False) + [tok.eos_token_id]
+                                          for s in task.solutions(p)]
                 failed.append((p, c.ids, peer))
+                mistakes.append(mistake_position(c.ids, solutions))
                 resample.append(resample_rate(outcomes))
     student_views = [student_input(render_prompt_ids(tok, p.prompt), y) for p, y, _ in failed]
     s_lp = scorer.logprobs(student_views)
@@ -138,8 +155,14 @@ def failures(engine: HFEngine, held_out: list[Any], samples: int, max_tokens: in
         deltas.append([token_credit(t, s, torch.ones_like(s, dtype=torch.bool))
                        for t, s in zip(scorer.logprobs(views), s_lp, strict=True)])
     return Failures([p for p, _, _ in failed], [y for _, y, _ in failed], [peer for _, _, peer in failed],
-                    [divergence_position(y, peer) for _, y, peer in failed], deltas[0], deltas[1], success, resample,
-                    other_paths)
+                    [divergence_position(y, peer) for _, y, peer in failed], mistakes, deltas[0], deltas[1], success,
+                    resample, other_paths)
+
+
+def mistake_position(response: Sequence[int], solutions: Sequence[Sequence[int]]) -> int:
+    """The first token where a response leaves every valid solution: its longest common
+    prefix with any of them."""
+    return max(divergence_position(response, s) for s in solutions)
 
 
 def resample_rate(outcomes: list[bool]) -> float:
@@ -149,13 +172,13 @@ def resample_rate(outcomes: list[bool]) -> float:
 
 
 def credit_by_offset(f: Failures, k: int, offsets: range) -> dict[str, Any]:
-    """Mean |δ_t| of each teacher at each token offset from the divergence, over the failed
+    """Mean |δ_t| of each teacher at each token offset from the mistake, over the failed
     samples of path length ``k`` (None where no sample reaches that offset)."""
     rows = [i for i, p in enumerate(f.problems) if p.fields["k"] == k]
     out: dict[str, Any] = {"k": k, "offsets": list(offsets), "samples": len(rows)}
     for name, deltas in (("hsd", f.hsd_delta), ("opsd", f.opsd_delta)):
-        at = [[abs(float(deltas[i][f.divergence[i] + o])) for i in rows
-               if 0 <= f.divergence[i] + o < len(deltas[i])] for o in offsets]
+        at = [[abs(float(deltas[i][f.mistake[i] + o])) for i in rows
+               if 0 <= f.mistake[i] + o < len(deltas[i])] for o in offsets]
         out[name] = [statistics.fmean(v) if v else None for v in at]
     return out
 
@@ -179,19 +202,20 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
                              SamplingSettings(n=2, max_tokens=64))
     reproduced = [c.text.strip() == p.reference for p, group in zip(held_out, copies, strict=True) for c in group]
 
-    # G1b, G2, G3: at the failed samples' divergences
-    d = f.divergence
+    # G1b at the failed samples' divergences from the peer; G2, G3 at their mistakes
+    d, m = f.divergence, f.mistake
     hsd_views = [hsd_input(tok, p.prompt, y, p.reference) for p, y in zip(f.problems, f.responses, strict=True)]
     student_views = [student_input(render_prompt_ids(tok, p.prompt), y)
                      for p, y in zip(f.problems, f.responses, strict=True)]
     peer_tokens = [peer[i] for peer, i in zip(f.peers, d, strict=True)]
     p_teacher = scorer.probabilities_at(hsd_views, d, peer_tokens)
     p_student = scorer.probabilities_at(student_views, d, peer_tokens)
-    masses = [m for delta, i in zip(f.hsd_delta, d, strict=True) if (m := divergence_mass(delta, i, 2)) is not None]
-    intermediate = [n for n, (p, i) in enumerate(zip(f.problems, d, strict=True))
+    masses = [share for delta, i in zip(f.hsd_delta, m, strict=True)
+              if (share := divergence_mass(delta, i, 2)) is not None]
+    intermediate = [n for n, (p, i) in enumerate(zip(f.problems, m, strict=True))
                     if p.fields["k"] >= 4 and not _at_last_step(tok, p, i)]
-    hsd_at = [abs(float(f.hsd_delta[n][d[n]])) for n in intermediate]
-    opsd_at = [abs(float(f.opsd_delta[n][d[n]])) for n in intermediate]
+    hsd_at = [abs(float(f.hsd_delta[n][m[n]])) for n in intermediate]
+    opsd_at = [abs(float(f.opsd_delta[n][m[n]])) for n in intermediate]
 
     # G1c: re-synchronise after a deviated prefix
     resync_prompts, expected = [], []
@@ -212,7 +236,7 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
 
     gates = [
         Gate("G0 several paths", _mean(f.other_paths), 0.5, True,
-             f"the student's {len(f.other_paths)} successful samples that are not the reference solution"),
+             f"the student's {len(f.other_paths)} successful samples at k ≥ 2 that are not the reference"),
     ] if task.world.any_order else []
     gates += [
         Gate("G1 peer reproduced", _mean(reproduced), 0.95, True,
@@ -222,9 +246,20 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
         Gate("G1 re-synchronises", _mean(resync), 0.9, True,
              "HSD view after a deviated prefix goes on from the deviated value"),
         Gate("G2 OPSD/HSD |δ|", (statistics.fmean(opsd_at) / statistics.fmean(hsd_at)) if hsd_at else None,
-             0.3, False, f"mean |δ| at {len(intermediate)} intermediate divergences (k ≥ 4)"),
-        Gate("G3 HSD mass ±2", _mean(masses), 0.6, True, "share of Σ|δ| within ±2 tokens of the divergence"),
+             0.3, False, f"mean |δ| at {len(intermediate)} intermediate mistakes (k ≥ 4)"),
+        Gate("G3 HSD mass ±2", _mean(masses), 0.6, True, "share of Σ|δ| within ±2 tokens of the mistake"),
     ]
+    if task.world.any_order:
+        # a sample that leaves the peer's order before its mistake takes another valid path
+        # there: how much of HSD's credit that departure draws, against the mistake's
+        on_path = [n for n in range(len(m)) if d[n] == m[n]]
+        departed = [n for n in range(len(m)) if d[n] < m[n]]
+        at_departure = [share for n in departed if (share := divergence_mass(f.hsd_delta[n], d[n], 2)) is not None]
+        gates.append(Gate("G3 on the peer's path", _mean([share for n in on_path if (
+            share := divergence_mass(f.hsd_delta[n], m[n], 2)) is not None]), 0.6, True,
+            f"G3 on the {len(on_path)} failed samples that follow the peer's order to their mistake; the "
+            f"other {len(departed)} put {_mean(at_departure) or 0:.3f} of Σ|δ| within ±2 tokens of their "
+            "departure from the peer's order (another valid path, no mistake)"))
     if reviser_path is None:
         gates.append(Gate("G4 reviser > student", None, 0.0, True,
                           "needs a model after an SRT phase: hsd gates --reviser DIR"))

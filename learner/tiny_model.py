@@ -24,12 +24,11 @@ TINY_VERSION = "v5"  # bump when the architecture, tokenizer or arithmetic warm 
 MODELS = Path(__file__).with_name("models")
 # the shipped warm starts, by name: the table chain's (`hsd warm-start --task chain`, seed 1
 # and, for the comparison's second warm-start seed, 2) and the any-order chain's
-# (`--task chain-any`: several valid paths)
+# (`--task chain-any`: several valid paths; seeds 1 and 2 likewise)
 SHIPPED = {TINY: MODELS / "tiny-chain", "tiny-seed2": MODELS / "tiny-chain-seed2",
-           "tiny-chain-any": MODELS / "tiny-chain-any"}
-# `hsd compare`'s warm starts for each task that ships two (chain-any ships one, and it
-# fails gate G1, so its comparison names its warm starts)
-WARM_STARTS = {"chain": (TINY, "tiny-seed2")}
+           "tiny-chain-any": MODELS / "tiny-chain-any", "tiny-chain-any-seed2": MODELS / "tiny-chain-any-seed2"}
+# `hsd compare`'s warm starts for each task (any other task names its own)
+WARM_STARTS = {"chain": (TINY, "tiny-seed2"), "chain-any": ("tiny-chain-any", "tiny-chain-any-seed2")}
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]

@@ -13,8 +13,12 @@ length k = 1 the answer and the path coincide (the control: an answer-conditione
 knows as much as a peer-conditioned one); with k = 6 the answer says nothing about where
 the chain went wrong.
 
-Problems are identified by their prompt; a fixed 10% of all (start, functions) pairs is
-the test split, by a hash of the id, for every k (k = 1 has only 60 problems, 6 held out).
+Problems are identified by their prompt; a fixed share of all (start, functions) pairs is
+the test split, by a hash of the id, for every k: 1 in 10 on the table chain (k = 1 has
+only 60 problems, 5 held out by the hash; k = 2 has 360, 33 held out), 1 in 4 on the
+any-order chain. The test split is dealt per k from a shuffled deck, each held-out
+problem once before any repeats, so that n draws of a k hold min(n, held out at k)
+distinct problems.
 
 The **any-order chain** (task ``chain-any``) has several valid paths per problem. Its nine
 functions commute: each is a shift in a hidden relabelling of the digits,
@@ -28,16 +32,20 @@ A problem is a start and a set of distinct functions (the prompt lists them sort
 problem has one id); the reference applies them in the listed order. Two paths share the
 entries of their common prefix sets (and of prefix sets with the same shift sum), so a
 successful peer on another path still shows some of the entries a failed attempt needs.
-Problems: 90 at k = 1, 360 at k = 2, 1,260 at k = 4, 840 at k = 6; 10% held out.
+Problems: 90 at k = 1, 360 at k = 2, 1,260 at k = 4, 840 at k = 6; 1 in 4 held out (21,
+87, 306 and 213 by the hash), so that k = 4 and k = 6 each have ≥ 200 distinct held-out
+problems; k = 1 and k = 2 cannot, having 90 and 360 problems in all.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from core.tasks.base import Problem, Score, Task, score_final_answer
@@ -78,12 +86,17 @@ TABLES = tables()
 
 @dataclass(frozen=True)
 class World:
-    """What tells one chain task from another: its functions, their tables, and whether a
-    problem's functions are a set to apply in any order or a sequence."""
+    """What tells one chain task from another: its functions, their tables, whether a
+    problem's functions are a set to apply in any order or a sequence, and which share of
+    the problems is held out (1 in ``held_out_every``)."""
 
     name: str
     table: dict[str, list[int]]
     any_order: bool
+    held_out_every: int
+
+    def __hash__(self) -> int:  # the tables are dicts; a world is known by its name (held_out's cache key)
+        return hash(self.name)
 
     @property
     def functions(self) -> str:
@@ -94,12 +107,21 @@ class World:
             return sorted(rng.sample(self.functions, k))
         return [rng.choice(self.functions) for _ in range(k)]
 
+    def function_lists(self, k: int) -> Iterator[tuple[str, ...]]:
+        """Every problem's functions at length k, in a fixed order."""
+        if self.any_order:
+            return itertools.combinations(self.functions, k)
+        return itertools.product(self.functions, repeat=k)
+
     def prompt(self, start: int, functions: Sequence[str]) -> str:
         return f"Start at {start}. Apply {' '.join(functions)}{ANY_ORDER if self.any_order else ''}."
 
+    def is_test(self, prompt_id: str) -> bool:
+        return zlib.crc32(prompt_id.encode()) % self.held_out_every == 0
 
-TABLE_CHAIN = World("chain", TABLES, any_order=False)
-ANY_ORDER_CHAIN = World("chain-any", commuting_tables(), any_order=True)
+
+TABLE_CHAIN = World("chain", TABLES, any_order=False, held_out_every=10)
+ANY_ORDER_CHAIN = World("chain-any", commuting_tables(), any_order=True, held_out_every=4)
 
 
 def steps(start: int, functions: Sequence[str], table: dict[str, list[int]] = TABLES) -> list[tuple[str, int, int]]:
@@ -131,8 +153,11 @@ def parse_prompt(prompt: str) -> tuple[int, list[str]]:
     return int(m.group(1)), m.group(2).split()
 
 
-def is_test(prompt_id: str) -> bool:
-    return zlib.crc32(prompt_id.encode()) % 10 == 0
+@cache
+def held_out(world: World, k: int) -> tuple[tuple[int, tuple[str, ...]], ...]:
+    """Every held-out problem of length k, as (start, functions), in a fixed order."""
+    return tuple((start, functions) for functions in world.function_lists(k) for start in range(DOMAIN)
+                 if world.is_test(world.prompt(start, functions)))
 
 
 class ChainTask(Task):
@@ -146,13 +171,25 @@ class ChainTask(Task):
         return make_problem(rng.randrange(DOMAIN), self.world.draw_functions(rng, k), self.world)
 
     def problems(self, split: str = "train", seed: int = 0, k: int | None = None) -> Iterator[Problem]:
-        """Endless problems of a split, every path length in turn unless ``k`` is given
-        (a split's problems repeat: k = 1 has 54 train and 6 test problems)."""
+        """Endless problems of a split: train problems drawn at random, of a random length
+        unless ``k`` is given; test problems dealt from each length's deck in turn (or
+        from ``k``'s), every held-out problem of a length once before any repeats."""
         rng = random.Random(f"{self.name}:{split}:{seed}:{k}")
+        if split == "test":
+            decks = {n: self._held_out_deck(n, rng) for n in ((k,) if k is not None else self.lengths)}
+            for n in itertools.cycle(decks):
+                start, functions = next(decks[n])
+                yield make_problem(start, functions, self.world)
         while True:
             p = self.draw(rng, k)
-            if is_test(p.prompt_id) == (split == "test"):
+            if not self.world.is_test(p.prompt_id):
                 yield p
+
+    def _held_out_deck(self, k: int, rng: random.Random) -> Iterator[tuple[int, tuple[str, ...]]]:
+        problems = list(held_out(self.world, k))
+        while True:
+            rng.shuffle(problems)
+            yield from problems
 
     def problem(self, prompt_id: str) -> Problem:
         start, functions = parse_prompt(prompt_id)
@@ -161,6 +198,13 @@ class ChainTask(Task):
         if problem.prompt_id != prompt_id or not canonical:
             raise KeyError(prompt_id)  # the other chain task's prompt, or not one problem's id
         return problem
+
+    def solutions(self, problem: Problem) -> list[str]:
+        """Every valid solution text of a problem: the reference, and on the any-order
+        chain every other order of its functions (k! paths)."""
+        start, functions = parse_prompt(problem.prompt_id)
+        orders = itertools.permutations(functions) if self.world.any_order else [functions]
+        return [render(steps(start, order, self.world.table)) for order in orders]
 
     def reference_spans(self, problem: Problem) -> list[tuple[int, int]]:
         """The intermediate values of the reference chain (each step's output)."""

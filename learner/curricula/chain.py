@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.prompts import render_prompt_ids
-from core.tasks.chain import DOMAIN, TABLE_CHAIN, ChainTask, World, is_test, parse_prompt, render
+from core.tasks.chain import DOMAIN, TABLE_CHAIN, ChainTask, World, parse_prompt, render
 from core.views import student_input
 from learner.curricula import Example
 from methods.hsd import hsd_input
@@ -150,7 +150,7 @@ class ChainCurriculum:
     def example(self, tokenizer, rng: random.Random) -> Example:
         task = ChainTask(world=self.world)
         problem = task.draw(rng)
-        while is_test(problem.prompt_id):
+        while self.world.is_test(problem.prompt_id):
             problem = task.draw(rng)
         start, functions = parse_prompt(problem.prompt_id)
         kind = rng.choices(*zip(*MIXTURE, strict=True))[0]

@@ -33,8 +33,8 @@ from learner.curricula.chain import (
     value_span,
 )
 
-STEPS, LR = 2500, 1e-3
-COPIED, DEPARTED = 0.7, 0.15  # of the peer examples; the rest deviate from a value
+STEPS, LR = 3500, 1e-3
+COPIED, DEPARTED = 0.85, 0.1  # of the peer examples; the rest deviate from a value
 BELIEFS = beliefs(ANY_ORDER_CHAIN, seed="chain-any-beliefs-v1")
 
 

@@ -1,5 +1,5 @@
 """The figures of `hsd compare`: accuracy against samples per arm, where each teacher's
-credit lands around the divergence, and the forest plot of paired differences."""
+credit lands around the mistake, and the forest plot of paired differences."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def plot_accuracy(runs: list[RunResult], arms: Sequence[str], path: Path) -> Non
 
 
 def plot_alignment(alignments: list[dict[str, Any]], path: Path) -> None:
-    """One panel per k: mean |δ| of each teacher at each offset from the divergence."""
+    """One panel per k: mean |δ| of each teacher at each offset from the mistake."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(alignments), figsize=(5.5 * len(alignments), 4), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], alignments, strict=True):
@@ -54,7 +54,7 @@ def plot_alignment(alignments: list[dict[str, Any]], path: Path) -> None:
         ax.axvline(0, color="grey", lw=0.8, ls="--")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_title(f"k = {a['k']} ({a['samples']} failed samples)")
-        ax.set_xlabel("token offset from the divergence from the correct chain")
+        ax.set_xlabel("token offset from the mistake (first token off every valid solution)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(r"mean $|\delta_t| = |\log \pi_T - \log \pi_\theta|$")
     axes[0][0].legend()

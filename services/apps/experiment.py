@@ -2,13 +2,13 @@
 
 ::
 
-    1 SRT          srt from each warm start at its own (supervised) lr ──► SRT model: sdzero's
+    1 SRT          srt from each warm start at its own (supervised) lr, η = 0 ──► SRT model: sdzero's
                    student and frozen teacher;
                    its attempts + revisions count in sdzero's sample budget; gates G1–G4
     2 lr sweeps    every arm × lrs × warm starts × sweep seeds ──► the arm's lr (best mean
                    final held-out among the lrs none of whose sweep runs collapsed)
     3 grid         warm start × seed × arm, one `hsd run` each at the arm's lr
-    4 mechanism    on each warm start, before RL: |δ| of both teachers around the divergence,
+    4 mechanism    on each warm start, before RL: |δ| of both teachers around the mistake,
                    k = 1 (control) and k = 6
     5 staleness    grpo and hsd at each η on every pair, and repeats at η = 0
                    (services.apps.staleness_study)
@@ -28,7 +28,8 @@ GRPO's sweep and then collapsed 2 of 5 grid runs on one warm start). Every run g
 same response budget, one that holds an SRT model's attempt, revision phrase and revision
 (≈ 140 tokens at k = 6); the other arms stop at their end token well before it.
 
-Written to the output dir: ``results.json`` (protocol, every run, the analysis),
+Written to the output dir: ``runs.jsonl`` (the ledger of finished runs, :class:`Experiment`),
+``results.json`` (protocol, every run, the analysis),
 ``table.md``, ``accuracy.png`` (accuracy against samples generated, mean ± SE),
 ``forest.png`` (paired differences with 95% intervals, per k), ``staleness.png`` (accuracy
 against η and against wall-clock), ``credit_alignment.png`` (the mechanism, per k).
@@ -55,7 +56,7 @@ from services.apps.run_result import RunResult, asynchrony
 from services.apps.staleness_study import analyse_staleness, staleness_markdown
 
 log = logging.getLogger(__name__)
-OFFSETS = range(-6, 9)  # token offsets from the divergence in the credit-alignment plot
+OFFSETS = range(-6, 9)  # token offsets from the mistake in the credit-alignment plot
 LONG = ("k=4", "k=6")  # the chain lengths where the claim lives (the answer says nothing of the path)
 # stated before any result (README): each criterion is a 95% paired interval clear of 0
 CRITERIA = {
@@ -102,19 +103,44 @@ class Protocol:
 RunFn = Callable[[Config], dict[str, Any]]  # one `hsd run` of a config → its summary
 
 
+LEDGER = "runs.jsonl"  # in the output dir: one line per finished run, what resuming needs
+
+
 class Experiment:
+    """Runs the protocol's phases. Every finished run is appended to the output dir's
+    ledger (``runs.jsonl``: its name, a key of its config hash, steps and start model, and
+    its :class:`RunResult`), and a run whose key is in the ledger is not run again — so a
+    comparison of hours goes on where it stopped, in the same dir (a run dir left with a
+    summary also counts) or in a new one given only the ledger. The SRT phase is the one
+    exception: sdzero starts from its checkpoint, so an SRT run is reused only where its
+    dir is there; it runs at η = 0, so that running it again rebuilds the same weights, and
+    sdzero's keys hold the SRT weights' digest, so that other weights mean new sdzero runs."""
+
     def __init__(self, make_config: Callable[[list[str]], Config], protocol: Protocol, out: Path,
                  run: RunFn) -> None:
         self.make_config, self.p, self.out, self._run = make_config, protocol, out, run
+        self.ledger: dict[str, dict[str, Any]] = {}
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / LEDGER).exists():
+            for line in (out / LEDGER).read_text().splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self.ledger[entry["name"]] = entry
 
     def _one(self, name: str, a: Arm, ws: int, seed: int, lr: float, steps: int,
-             model: str | None = None, samples_before: int = 0, staleness: int | None = None) -> RunResult:
+             model: str | None = None, samples_before: int = 0, staleness: int | None = None,
+             model_sha256: str | None = None) -> RunResult:
         p = self.p
         c = self.make_config([*([] if staleness is None else [f"learner.max_staleness={staleness}"]),
             f'algorithm.method="{a.method}"', *a.overrides, f"run.seed={seed}", f"run.steps={steps}",
             f"learner.lr={lr}", f'run.name="{name}"', f'run.dir="{self.out / name}"',
             f"learner.eval_every={p.eval_every}", f"learner.eval_problems={p.eval_problems}", "learner.eval_samples=1",
             f'model.path="{model or p.warm_starts[ws]}"', f"model.max_response_tokens={p.max_response_tokens}"])
+        key = run_key(c, model_sha256)
+        kept = self.ledger.get(name)
+        if kept is not None and kept["key"] == key and (a is not SRT_PHASE or (self.out / name / "checkpoints").exists()):
+            log.info("%s: in the ledger with this config; its result is reused", name)
+            return RunResult.from_json(kept["result"])
         started = time.monotonic()
         s = finished_run(c, self.out / name)
         if s is None:
@@ -134,8 +160,11 @@ class Experiment:
             accuracy_by_length={int(k): v for k, v in by_length.get(last, {}).items()},
             reference_logprob=logprob.get(last), wall_seconds=round(time.monotonic() - started, 1),
             samples=s.get("samples", {}), max_staleness=c.learner.max_staleness,
-            **asynchrony(self.out / name, s))
+            peer_is_reference=s.get("peer_is_reference"), **asynchrony(self.out / name, s))
         log.info("%s: held-out %s (%.0f s)", name, result.accuracy_by_step, result.wall_seconds)
+        self.ledger[name] = {"name": name, "key": key, "result": asdict(result)}
+        with (self.out / LEDGER).open("a") as ledger:
+            ledger.write(json.dumps(self.ledger[name]) + "\n")
         return result
 
     def _map(self, jobs: list[Callable[[], RunResult]]) -> list[RunResult]:
@@ -144,12 +173,13 @@ class Experiment:
         with ThreadPoolExecutor(self.p.parallel) as pool:
             return list(pool.map(lambda job: job(), jobs))
 
-    def _start(self, arm: str, ws: int, srt: list[RunResult]) -> tuple[str | None, int]:
-        """The model an arm starts from on a warm start and the samples spent before it:
-        sdzero's is that warm start's SRT model."""
+    def _start(self, arm: str, ws: int, srt: list[RunResult]) -> dict[str, Any]:
+        """What an arm starts from on a warm start (``_one``'s model arguments) and the
+        samples spent before it: sdzero's is that warm start's SRT model."""
         if arm == "sdzero":
-            return srt_model(srt[ws]), sum(srt[ws].samples.values())
-        return None, 0
+            return {"model": srt_model(srt[ws]), "samples_before": sum(srt[ws].samples.values()),
+                    "model_sha256": srt[ws].weights_sha256}
+        return {}
 
     def sweep(self, srt: list[RunResult]) -> tuple[dict[str, float], list[RunResult]]:
         """Every arm's lr by the same sweep and rule (:func:`best_lr`)."""
@@ -159,15 +189,16 @@ class Experiment:
         jobs = []
         for arm in p.arms:
             for ws in range(len(p.warm_starts)):
-                model, before = self._start(arm, ws, srt)
-                jobs += [(lambda arm=arm, lr=lr, ws=ws, seed=seed, model=model, before=before: self._one(
-                    f"sweep-{arm}-lr{lr:g}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lr, p.steps, model, before))
+                start = self._start(arm, ws, srt)
+                jobs += [(lambda arm=arm, lr=lr, ws=ws, seed=seed, start=start: self._one(
+                    f"sweep-{arm}-lr{lr:g}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lr, p.steps, **start))
                     for lr in p.lrs for seed in p.sweep_seeds]
         runs = self._map(jobs)
         return {arm: best_lr([r for r in runs if r.arm == arm], p.lrs) for arm in p.arms}, runs
 
     def srt(self) -> list[RunResult]:
-        return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", SRT_PHASE, ws, 0, self.p.srt_lr, self.p.srt_steps))
+        return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", SRT_PHASE, ws, 0, self.p.srt_lr, self.p.srt_steps,
+                                                   staleness=0))
                           for ws in range(len(self.p.warm_starts))])
 
     def grid(self, lrs: dict[str, float], srt: list[RunResult]) -> list[RunResult]:
@@ -175,9 +206,9 @@ class Experiment:
         for ws in range(len(self.p.warm_starts)):
             for seed in range(self.p.seeds):
                 for arm in self.p.arms:
-                    model, before = self._start(arm, ws, srt)
-                    jobs.append(lambda arm=arm, ws=ws, seed=seed, model=model, before=before: self._one(
-                        f"{arm}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lrs[arm], self.p.steps, model, before))
+                    start = self._start(arm, ws, srt)
+                    jobs.append(lambda arm=arm, ws=ws, seed=seed, start=start: self._one(
+                        f"{arm}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lrs[arm], self.p.steps, **start))
         return self._map(jobs)
 
 
@@ -201,6 +232,17 @@ class Experiment:
         again = [job(arm, 0, ws, seed, "-repeat") for ws, seed in pairs[: p.repeats] for arm in arms] \
             if 0 in p.staleness else []
         return runs, self._map(again)
+
+
+def run_key(config: Config, model_sha256: str | None = None) -> str:
+    """What makes two runs the same run: the config's hash and steps, and where the run
+    starts from a model of this comparison (sdzero), that model's weights digest in place
+    of its path (which names the output dir)."""
+    from core.config import config_hash
+
+    if model_sha256 is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"path": "srt"})})
+    return f"{config_hash(config)}:{config.run.steps}:{model_sha256}"
 
 
 def finished_run(config: Config, run_dir: Path) -> dict[str, Any] | None:
@@ -241,8 +283,9 @@ def srt_model(run: RunResult) -> str:
 
 
 def analyse(runs: list[RunResult], arms: Sequence[str]) -> dict[str, Any]:
-    """Per arm: final accuracy (all, per k) and reference log-prob, mean ± SE over pairs;
-    the paired differences of :func:`services.apps.arms.contrasts`, each per column and as
+    """Per arm: final accuracy (all, per k), reference log-prob and (HSD arms) the share of
+    distilled samples whose peer is the reference solution, mean ± SE over pairs; the
+    paired differences of :func:`services.apps.arms.contrasts`, each per column and as
     a slope over k; the verdict against :data:`CRITERIA`."""
     by: dict[str, dict[tuple[int, int], RunResult]] = {m: {} for m in arms}
     for r in runs:
@@ -257,7 +300,8 @@ def analyse(runs: list[RunResult], arms: Sequence[str]) -> dict[str, Any]:
     getters: dict[str, Callable[[RunResult], float | None]] = {
         "final": lambda r: r.final, "reference_logprob": lambda r: r.reference_logprob,
         **{f"k={k}": (lambda r, k=k: r.accuracy_by_length.get(k)) for k in lengths}}
-    table = {m: {name: mean_se(v) for name, get in getters.items() if (v := metric(m, get))} for m in arms}
+    described = getters | {"peer_is_reference": lambda r: r.peer_is_reference}  # the arms' runs, not compared
+    table = {m: {name: mean_se(v) for name, get in described.items() if (v := metric(m, get))} for m in arms}
     differences: dict[str, dict[str, Any]] = {}
     for b, a in contrasts(list(arms)):
         d = {name: asdict(x) for name, get in getters.items() if (x := paired(metric(a, get), metric(b, get)))}
@@ -292,9 +336,10 @@ def verdict(differences: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(analysis: dict[str, Any], arms: Sequence[str]) -> str:
     table = analysis["table"]
-    columns = [c for c in ("final", "k=1", "k=2", "k=4", "k=6", "reference_logprob")
+    columns = [c for c in ("final", "k=1", "k=2", "k=4", "k=6", "reference_logprob", "peer_is_reference")
                if any(c in table[m] for m in arms)]
-    names = {"final": "held-out (all k)", "reference_logprob": "log p(reference values)", "slope_k": "slope over k"}
+    names = {"final": "held-out (all k)", "reference_logprob": "log p(reference values)", "slope_k": "slope over k",
+             "peer_is_reference": "peer is the reference"}
     rows = ["| arm | " + " | ".join(names.get(c, f"held-out {c}") for c in columns) + " |",
             "|---|" + "---|" * len(columns)]
     for m in arms:
@@ -316,7 +361,7 @@ def markdown(analysis: dict[str, Any], arms: Sequence[str]) -> str:
 
 def credit_alignment(model: str, problems: int, task_name: str = "chain",
                      ks: Sequence[int] = (1, 6)) -> list[dict[str, Any]]:
-    """Both teachers' |δ| around the divergence, per k, on the model's own failed samples."""
+    """Both teachers' |δ| around the mistake, per k, on the model's own failed samples."""
     import itertools
 
     import torch

@@ -33,10 +33,18 @@ class RunResult:
     dropped_fraction: float | None = None  # groups dropped (stale, …) over groups generated
     seconds_by_step: dict[int, float] = field(default_factory=dict)  # at each evaluation, since the first
     weights_sha256: str | None = None  # of the final checkpoint's weights
+    peer_is_reference: float | None = None  # share of distilled samples whose in-group peer is the reference
 
     @property
     def final(self) -> float:
         return self.accuracy_by_step[max(self.accuracy_by_step)]
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RunResult:
+        """The inverse of ``json.loads(json.dumps(asdict(run)))``: JSON's string keys back to steps and k's."""
+        ints = ("accuracy_by_step", "accuracy_by_length", "seconds_by_step")
+        return cls(**{name: ({int(k): v for k, v in value.items()} if name in ints else value)
+                      for name, value in record.items()})
 
     def accuracy_by_samples(self) -> dict[int, float]:
         return {self.samples_before + step * self.samples_per_step: a for step, a in self.accuracy_by_step.items()}

@@ -21,9 +21,12 @@ def test_the_shipped_model_passes_the_gates_before_any_rl():
 
 
 @pytest.mark.slow
-def test_the_any_order_model_s_successes_mostly_take_another_path_than_the_reference():
-    gates = {g.name: g for g in measure(resolve_model("tiny-chain-any"), task_name="chain-any")}
-    # the gates with a wide margin on the shipped model; G1's reproduction (0.914) fails and
-    # G3 (0.606) sits at its threshold (README)
-    for name in ("G0 several paths", "G1 p(peer) gain", "G1 re-synchronises", "G2 OPSD/HSD |δ|"):
+@pytest.mark.parametrize("model", ["tiny-chain-any", "tiny-chain-any-seed2"])
+def test_the_any_order_models_successes_mostly_take_another_path_than_the_reference(model):
+    gates = {g.name: g for g in measure(resolve_model(model), task_name="chain-any")}
+    # every gate but G3 over all failed samples (0.30 on the first): a sample that takes
+    # another order than its peer draws HSD's credit at the departure (README: the
+    # any-order chain)
+    for name in ("G0 several paths", "G1 peer reproduced", "G1 p(peer) gain", "G1 re-synchronises",
+                 "G2 OPSD/HSD |δ|", "G3 on the peer's path"):
         assert gates[name].passed, gates[name].line()

@@ -12,9 +12,10 @@ from core.tasks.chain import (
     DOMAIN,
     FUNCTIONS,
     LENGTHS,
+    TABLE_CHAIN,
     TABLES,
     ChainTask,
-    is_test,
+    held_out,
     make_problem,
     steps,
     tables,
@@ -50,16 +51,38 @@ def test_the_verifier_reads_only_the_final_answer():
     assert task.score(f"#### {wrong} then #### {right}", p).success  # the last one counts
 
 
-def test_held_out_problems_are_disjoint_from_training_ones_for_every_length():
-    task = ChainTask()
+@pytest.mark.parametrize("world", [TABLE_CHAIN, ANY_ORDER_CHAIN], ids=lambda w: w.name)
+def test_held_out_problems_are_disjoint_from_training_ones_for_every_length(world):
+    task = ChainTask(world=world)
     for k in LENGTHS:
         train = [p.prompt_id for p in itertools.islice(task.problems("train", k=k), 50)]
         test = [p.prompt_id for p in itertools.islice(task.problems("test", k=k), 50)]
-        assert all(is_test(t) for t in test) and not any(is_test(t) for t in train)
-        assert all(len(t.split("Apply ")[1].split()) == k for t in test)
-    every_k2 = [make_problem(s, fs).prompt_id for s in range(DOMAIN) for fs in itertools.product(FUNCTIONS, repeat=2)]
-    held = [t for t in every_k2 if is_test(t)]
-    assert 0.05 < len(held) / len(every_k2) < 0.15
+        assert all(world.is_test(t) for t in test) and not any(world.is_test(t) for t in train)
+        assert all(len(t.split("Apply ")[1].removesuffix(" in any order.").split()) == k for t in test)
+    every_k2 = [world.prompt(s, fs) for s in range(DOMAIN) for fs in world.function_lists(2)]
+    held = [t for t in every_k2 if world.is_test(t)]
+    assert 0.5 / world.held_out_every < len(held) / len(every_k2) < 1.5 / world.held_out_every
+
+
+@pytest.mark.parametrize("world", [TABLE_CHAIN, ANY_ORDER_CHAIN], ids=lambda w: w.name)
+def test_the_test_split_deals_every_held_out_problem_once_before_any_repeats(world):
+    task = ChainTask(world=world)
+    for k in LENGTHS:
+        size = len(held_out(world, k))
+        n = min(size, 300)
+        dealt = [p.prompt_id for p in itertools.islice(task.problems("test", seed=3, k=k), n)]
+        assert len(set(dealt)) == n, f"k = {k}: {n} draws hold {len(set(dealt))} distinct problems"
+    mixed = [p.fields["k"] for p in itertools.islice(task.problems("test"), 4 * len(LENGTHS))]
+    assert mixed == list(LENGTHS) * 4  # every length in turn
+    other_seed = [p.prompt_id for p in itertools.islice(task.problems("test", seed=4, k=4), 20)]
+    assert other_seed != [p.prompt_id for p in itertools.islice(task.problems("test", seed=3, k=4), 20)]
+
+
+def test_the_any_order_chain_holds_out_at_least_200_problems_where_it_has_them():
+    counts = {k: len(held_out(ANY_ORDER_CHAIN, k)) for k in LENGTHS}
+    assert counts[4] >= 200 and counts[6] >= 200, counts
+    totals = {k: DOMAIN * len(list(ANY_ORDER_CHAIN.function_lists(k))) for k in LENGTHS}
+    assert totals[1] < 200 and totals[2] < 400  # k = 1, 2 cannot: 90 and 360 problems in all
 
 
 def test_any_order_functions_commute_so_every_order_is_a_valid_path():
@@ -86,4 +109,4 @@ def test_an_any_order_problem_is_a_set_of_distinct_functions_named_once():
             task.problem(other)  # not a problem's id: unsorted, repeated, or the table chain's
     every_k4 = [make_problem(s, list(fs), ANY_ORDER_CHAIN).prompt_id
                 for s in range(DOMAIN) for fs in itertools.combinations("abcdefghi", 4)]
-    assert len(every_k4) == 1260 and 0.05 < sum(map(is_test, every_k4)) / len(every_k4) < 0.15
+    assert len(every_k4) == 1260 and 0.2 < sum(map(ANY_ORDER_CHAIN.is_test, every_k4)) / len(every_k4) < 0.3

@@ -13,7 +13,6 @@ from core.tasks.chain import (
     FUNCTIONS,
     TABLES,
     ChainTask,
-    is_test,
     parse_prompt,
     render,
 )
@@ -97,7 +96,7 @@ def test_any_order_plain_examples_take_many_orders_of_a_training_problem(tokeniz
         e = chain_any.example(tokenizer, rng)
         text = tokenizer.decode(e.view.ids)
         prompt = text.split("user\n")[1].split("\n")[0].split("<|im_end|>")[0]
-        assert not is_test(prompt) and task.problem(prompt)  # a training problem's canonical prompt
+        assert not ANY_ORDER_CHAIN.is_test(prompt) and task.problem(prompt)  # a training problem's canonical prompt
         response = tokenizer.decode(e.view.ids[e.view.start:]).split(". ####")[0]
         used = [step[0] for step in response.split(", ")]
         if e.view.ids[: e.view.start] == render_prompt_ids(tokenizer, prompt):  # a plain (student) example

@@ -1,9 +1,29 @@
 """G4's bar: the student's success rate on the failed attempt's own problem, counted over
-the problem's other samples (tests/integration/test_gates.py measures the gates on the model)."""
+the problem's other samples; where a failed sample's mistake is on a task with several
+paths (tests/integration/test_gates.py measures the gates on the model)."""
 
 from __future__ import annotations
 
-from learner.gates import Gate, resample_rate
+from core.tasks.chain import ANY_ORDER_CHAIN, ChainTask, make_problem, render, steps
+from learner.gates import Gate, mistake_position, resample_rate
+from methods.credit import divergence_position
+
+
+def test_a_mistake_is_where_a_sample_leaves_every_valid_path_not_the_reference(tokenizer):
+    task = ChainTask(world=ANY_ORDER_CHAIN)
+    problem = make_problem(3, ["a", "c", "f"], ANY_ORDER_CHAIN)
+    chain = steps(3, ["f", "a", "c"], ANY_ORDER_CHAIN.table)  # another order than the reference's
+    wrong = (chain[1][2] + 1) % 10
+    text = render([chain[0], (chain[1][0], chain[1][1], wrong)]).split(". ####")[0] + ", c"
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    response = encode(text)
+    solutions = [encode(s) for s in task.solutions(problem)]
+    assert len(set(task.solutions(problem))) == 6 and problem.reference in task.solutions(problem)
+    at = mistake_position(response, solutions)
+    assert tokenizer.decode(response[at:at + 1]) == str(wrong)  # the wrong value, step 2
+    assert divergence_position(response, encode(problem.reference)) == 0  # the reference leaves at "f"
+    table = ChainTask()
+    assert table.solutions(make_problem(3, ["c", "a"])) == [make_problem(3, ["c", "a"]).reference]
 
 
 def test_a_failed_sample_is_compared_with_its_problem_s_other_samples():

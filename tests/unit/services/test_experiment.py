@@ -52,7 +52,14 @@ def test_analysis_pairs_runs_by_warm_start_and_seed():
                                                                      base - 0.05),
                      _run("opsd", ws, seed, base + 0.01, base - 0.09)]
     runs.append(_run("hsd", 5, 0, 0.99, 0.99))  # no partner: left out
+    for r in runs:
+        if r.arm == "hsd":
+            r.peer_is_reference = 0.3 + 0.1 * r.warm_start
     a = analyse(runs, ["grpo", "opsd", "hsd"])
+    # how often an HSD run's peer was the reference: described for the arm, never differenced
+    assert a["table"]["hsd"]["peer_is_reference"][0] == pytest.approx(0.35)
+    assert "peer_is_reference" not in a["table"]["grpo"]
+    assert all("peer_is_reference" not in d for d in a["differences"].values())
     assert a["pairs"] == 6
     diff = a["differences"]["hsd − grpo"]["final"]
     assert diff["mean"] == pytest.approx(0.031) and diff["n"] == 6
@@ -262,7 +269,10 @@ def test_an_interrupted_comparison_goes_on_where_it_stopped(tmp_path):
     p = Protocol(warm_starts=("ws-a",), arms=("grpo", "hsd"), seeds=2, staleness=())
     first = Experiment(make_config, p, tmp_path, run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
     assert len(ran) == 4
-    (tmp_path / "hsd-ws0-seed1" / "summary.json").unlink()  # interrupted during this run
+    # interrupted during this run: no summary, and so not in the ledger
+    (tmp_path / "hsd-ws0-seed1" / "summary.json").unlink()
+    ledger = (tmp_path / "runs.jsonl").read_text().splitlines()
+    (tmp_path / "runs.jsonl").write_text("".join(f"{line}\n" for line in ledger if "hsd-ws0-seed1" not in line))
     again = Experiment(make_config, p, tmp_path, run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
     assert ran[4:] == ["hsd-ws0-seed1"]
     assert [r.final for r in again[:3]] == [r.final for r in first[:3]] and again[3].final != first[3].final
@@ -270,3 +280,40 @@ def test_an_interrupted_comparison_goes_on_where_it_stopped(tmp_path):
     assert ran[5:] == ["grpo-ws0-seed0", "grpo-ws0-seed1"]
     Experiment(make_config, replace(p, steps=13), tmp_path, run).grid({"grpo": 2e-4, "hsd": 1e-4}, srt=[])
     assert len(ran) == 11  # steps are outside the config hash, but a run of other length is another run
+
+
+def test_a_comparison_goes_on_from_its_ledger_alone_and_reruns_sdzero_from_other_srt_weights(tmp_path):
+    """runs.jsonl is all a new output dir needs to go on; an SRT run is reused only where
+    its checkpoints are there, and sdzero's runs are keyed by the SRT weights' digest."""
+    import shutil
+
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import LEDGER, Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    ran = []
+
+    def run(c):
+        ran.append(c.run.name)
+        return {"eval_accuracy_by_step": {"0": 0.5, str(c.run.steps): 0.6 + 0.01 * len(ran)}}
+
+    p = Protocol(warm_starts=("ws-a",), arms=("grpo", "hsd"), seeds=2, staleness=())
+    first = Experiment(make_config, p, tmp_path / "a", run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / LEDGER, tmp_path / "b" / LEDGER)
+    again = Experiment(make_config, p, tmp_path / "b", run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
+    assert len(ran) == 4 and again == first  # read back from the ledger: nothing ran
+
+    e = Experiment(make_config, p, tmp_path / "b", run)
+    e._one("srt-ws0", SRT_PHASE, 0, 0, 1e-4, 8, staleness=0)
+    e._one("srt-ws0", SRT_PHASE, 0, 0, 1e-4, 8, staleness=0)
+    assert ran[4:] == ["srt-ws0", "srt-ws0"]  # no checkpoints in its dir: sdzero could not start from it
+    for sha, runs in (("w1", 1), ("w1", 1), ("w2", 2)):
+        Experiment(make_config, p, tmp_path / "b", run)._one(
+            "sdzero-ws0-seed0", ARMS["sdzero"], 0, 0, 1e-4, 12, model=str(tmp_path / "b" / "srt"), model_sha256=sha)
+        assert ran[6:].count("sdzero-ws0-seed0") == runs
