@@ -122,10 +122,13 @@ class Experiment:
         self.ledger: dict[str, dict[str, Any]] = {}
         out.mkdir(parents=True, exist_ok=True)
         if (out / LEDGER).exists():
-            for line in (out / LEDGER).read_text().splitlines():
-                if line.strip():
+            for number, line in enumerate((out / LEDGER).read_text().splitlines(), start=1):
+                try:
                     entry = json.loads(line)
                     self.ledger[entry["name"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by an interrupted write
+                    if line.strip():
+                        log.warning("%s line %d is not a run's record; that run will run again", LEDGER, number)
 
     def _one(self, name: str, a: Arm, ws: int, seed: int, lr: float, steps: int,
              model: str | None = None, samples_before: int = 0, staleness: int | None = None,
@@ -163,8 +166,10 @@ class Experiment:
             peer_is_reference=s.get("peer_is_reference"), **asynchrony(self.out / name, s))
         log.info("%s: held-out %s (%.0f s)", name, result.accuracy_by_step, result.wall_seconds)
         self.ledger[name] = {"name": name, "key": key, "result": asdict(result)}
-        with (self.out / LEDGER).open("a") as ledger:
-            ledger.write(json.dumps(self.ledger[name]) + "\n")
+        ledger = self.out / LEDGER
+        torn = ledger.exists() and not ledger.read_bytes().endswith(b"\n") and ledger.stat().st_size > 0
+        with ledger.open("a") as f:  # after a line cut short, on a line of its own
+            f.write(("\n" if torn else "") + json.dumps(self.ledger[name]) + "\n")
         return result
 
     def _map(self, jobs: list[Callable[[], RunResult]]) -> list[RunResult]:

@@ -308,6 +308,12 @@ def test_a_comparison_goes_on_from_its_ledger_alone_and_reruns_sdzero_from_other
     shutil.copy(tmp_path / "a" / LEDGER, tmp_path / "b" / LEDGER)
     again = Experiment(make_config, p, tmp_path / "b", run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
     assert len(ran) == 4 and again == first  # read back from the ledger: nothing ran
+    lines = (tmp_path / "b" / LEDGER).read_text().splitlines()
+    (tmp_path / "b" / LEDGER).write_text("\n".join([*lines[:-1], lines[-1][:40]]))  # a write cut short
+    Experiment(make_config, p, tmp_path / "b", run).grid({"grpo": 1e-4, "hsd": 1e-4}, srt=[])
+    assert ran[4:] == ["hsd-ws0-seed1"]  # only the run whose record was cut runs again
+    assert Experiment(make_config, p, tmp_path / "b", run).ledger.keys() == {r.name for r in first}
+    del ran[4:]
 
     e = Experiment(make_config, p, tmp_path / "b", run)
     e._one("srt-ws0", SRT_PHASE, 0, 0, 1e-4, 8, staleness=0)
