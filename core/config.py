@@ -435,9 +435,10 @@ def load_config(
     return validate(tree)
 
 
-def shared_view(model: BaseModel) -> dict[str, Any]:
-    """Every non-LOCAL field, nested by section: what :func:`config_hash` fingerprints."""
-    return _shared_view(model)
+def shared_view(model: BaseModel, changed_only: bool = False) -> dict[str, Any]:
+    """Every non-LOCAL field (or every one off its default), nested by section: what
+    :func:`config_hash` fingerprints."""
+    return _shared_view(model, changed_only)
 
 
 def config_differences(recorded: Mapping[str, Any], config: Config) -> list[str]:
@@ -448,20 +449,28 @@ def config_differences(recorded: Mapping[str, Any], config: Config) -> list[str]
             if now.get(section, {}).get(key) != value]
 
 
-def _shared_view(model: BaseModel) -> dict[str, Any]:
+def _shared_view(model: BaseModel, changed_only: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, field in type(model).model_fields.items():
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("local"):
             continue
         value = getattr(model, name)
-        out[name] = _shared_view(value) if isinstance(value, BaseModel) else value
+        if isinstance(value, BaseModel):
+            value = _shared_view(value, changed_only)
+            if changed_only and not value:
+                continue
+        elif changed_only and value == field.get_default(call_default_factory=True):
+            continue
+        out[name] = value
     return out
 
 
-def config_hash(config: Config) -> str:
-    """sha256 (hex, 16 chars) of the canonical JSON of every non-LOCAL field."""
-    canonical = json.dumps(_shared_view(config), sort_keys=True, separators=(",", ":"))
+def config_hash(config: Config, changed_only: bool = False) -> str:
+    """sha256 (hex, 16 chars) of the canonical JSON of every non-LOCAL field, or with
+    ``changed_only`` of those that differ from their defaults: a fingerprint that a field
+    added later with a default does not change (what a ledger of hours of runs keys on)."""
+    canonical = json.dumps(_shared_view(config, changed_only), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

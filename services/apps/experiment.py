@@ -240,14 +240,15 @@ class Experiment:
 
 
 def run_key(config: Config, model_sha256: str | None = None) -> str:
-    """What makes two runs the same run: the config's hash and steps, and where the run
-    starts from a model of this comparison (sdzero), that model's weights digest in place
-    of its path (which names the output dir)."""
+    """What makes two runs the same run: the hash of the config's fields that differ from
+    their defaults (so that a config field added later, at a default, keeps a ledger of
+    hours valid), its steps, and where the run starts from a model of this comparison
+    (sdzero), that model's weights digest in place of its path (which names the output dir)."""
     from core.config import config_hash
 
     if model_sha256 is not None:
         config = config.model_copy(update={"model": config.model.model_copy(update={"path": "srt"})})
-    return f"{config_hash(config)}:{config.run.steps}:{model_sha256}"
+    return f"{config_hash(config, changed_only=True)}:{config.run.steps}:{model_sha256}"
 
 
 def finished_run(config: Config, run_dir: Path) -> dict[str, Any] | None:

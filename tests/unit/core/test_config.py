@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.config import Config, ConfigError, config_hash, load_config, to_toml
+from core.config import Config, ConfigError, config_hash, load_config, shared_view, to_toml
 
 
 def _write(tmp_path, text: str):
@@ -89,6 +89,20 @@ def test_hash_is_stable_and_ignores_process_local_fields():
     assert config_hash(local) == config_hash(base)
     for shared in ("learner.lr=2e-5", "algorithm.method=\"grpo\"", "model.path=\"/m\"", "run.name=\"b\""):
         assert config_hash(load_config(environ={}, overrides=[shared])) != config_hash(base), shared
+
+
+def test_the_changed_only_hash_reads_only_fields_off_their_defaults():
+    """A field added later at its default adds nothing to the view, so a ledger keyed on
+    this hash stays valid; any field set off its default still changes it."""
+    default = Config()
+    assert shared_view(default, changed_only=True) == {}
+    assert config_hash(Config(learner={"lr": default.learner.lr}), changed_only=True) == \
+        config_hash(default, changed_only=True)
+    base = load_config(environ={})
+    moved = load_config(environ={}, overrides=["learner.lr=2e-5", "metrics.port=9100"])
+    assert shared_view(moved, changed_only=True)["learner"]["lr"] == 2e-5
+    assert "metrics" not in shared_view(moved, changed_only=True)  # LOCAL fields stay out
+    assert config_hash(moved, changed_only=True) != config_hash(base, changed_only=True)
 
 
 def test_resolved_toml_round_trips_and_masks_the_token(tmp_path):
