@@ -100,7 +100,7 @@ class ActorConfig(_Section):
     engine: Literal["hf", "vllm"] = "hf"
     """generation engine: hf (transformers) or vllm"""
     task: Annotated[str, AfterValidator(check_task_name)] = "arith"
-    """chain, chain-any, arith, gsm8k, humaneval, math, math:FILE.jsonl, code or gym:NAME"""
+    """chain, chain-any, chain-exclusion, arith, gsm8k, humaneval, math, math:FILE.jsonl, code or gym:NAME"""
     group_size: Annotated[int, Field(ge=1, le=1024)] = 8
     """G: samples per prompt (a group; HSD's peers come from it)"""
     temperature: Annotated[float, Field(gt=0)] = 1.0

@@ -17,11 +17,16 @@ Each is measured on held-out problems, before any RL:
   HSD's.
 - G3 HSD's credit is where the mistake is: the share of Σ|δ| within ±2 tokens of the
   mistake is ≥ 0.6 (mean over failed samples).
-- G4 (SD-Zero, needs a model after a real SRT phase): the reviser's accuracy after a failed
-  attempt exceeds the student's accuracy on the same problems (a fresh attempt: the
-  problem's other samples). Failed attempts are mostly on hard problems (long chains), so
-  the student's accuracy over all problems would be the wrong bar: below it, a reviser
-  that beats resampling could still fail.
+- G4 (SD-Zero) the reviser knows more than a fresh attempt: its accuracy after a failed
+  attempt (told "this response is wrong") exceeds the student's accuracy on the same
+  problems (the problem's other samples) by ≥ 0.10 and by ≥ half of what a reviser that
+  knows the warm start's beliefs gains (computed exactly, :mod:`learner.curricula.bayes_reviser`).
+  Failed attempts are mostly on hard problems (long chains), so the student's accuracy over
+  all problems would be the wrong bar. The reviser is the model itself (SD-Zero's teacher
+  before any SRT), or ``--reviser DIR`` (a model after SRT).
+- G4-loc (self-localisation): ≥ 60% of the reviser-vs-generator KL over a failed attempt,
+  Σ_t KL(π(·| x, y, P_wrong, y_<t) ‖ π(·| x, y_<t)), lies within ±2 tokens of its mistake
+  (mean over failed samples; the Bayes reviser's share beside it).
 
 A failed sample's *mistake* is the first token where it leaves every valid solution (on
 the table chain the reference's divergence from it; on the any-order chain a sample in
@@ -50,15 +55,19 @@ from core.engines.base import SamplingSettings
 from core.engines.hf import HFEngine
 from core.prompts import render_prompt_ids
 from core.tasks import make_task
-from core.tasks.chain import ChainTask, parse_prompt, render, steps
+from core.tasks.chain import WORLDS, ChainTask, parse_prompt, render, steps
 from core.views import ScoringInput, student_input
+from learner.curricula import curriculum
+from learner.curricula.bayes_reviser import RevisionBayes, revision_bayes
 from learner.logprobs import score_responses
 from methods.credit import divergence_mass, divergence_position, token_credit
 from methods.hsd import hsd_input
+from methods.losses import kl_divergence
 from methods.opsd import opsd_input
-from methods.sdzero import reviser_context
+from methods.sdzero import reviser_context, sdzero_input
 
 ATTEMPT_TOKENS = 64  # a k = 6 chain is 42 tokens
+G4_GAIN = 0.10  # the least reviser gain over a fresh attempt that G4 accepts
 SRT_TOKENS = 160  # a k = 6 attempt, the revision phrase and a revision: what an SRT model may write
 
 
@@ -95,6 +104,16 @@ class _Scorer:
             chunk = views[i:i + batch]
             lp, _, _ = score_responses(self.model, chunk, self.pad)
             out += [lp[r, : v.length].float() for r, v in enumerate(chunk)]
+        return out
+
+    @torch.no_grad()
+    def logits(self, views: list[ScoringInput], batch: int = 64) -> list[torch.Tensor]:
+        """Each view's response logits [its length, V]."""
+        out = []
+        for i in range(0, len(views), batch):
+            chunk = views[i:i + batch]
+            _, logits, _ = score_responses(self.model, chunk, self.pad)
+            out += [logits[r, : v.length].float() for r, v in enumerate(chunk)]
         return out
 
     @torch.no_grad()
@@ -191,7 +210,7 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
     rng = random.Random(seed)
     task = make_task(task_name)
     if not isinstance(task, ChainTask):
-        raise ValueError(f"the gates measure a chain task (chain, chain-any), not {task_name!r}")
+        raise ValueError(f"the gates measure a chain task ({', '.join(WORLDS)}), not {task_name!r}")
     held_out = list(itertools.islice(task.problems("test", seed=seed), problems))
     torch.manual_seed(seed)
     # a model after SRT may answer with attempt, revision phrase and revision in one response
@@ -260,21 +279,41 @@ def measure(model_path: str, *, problems: int = 128, samples: int = 8, seed: int
             f"G3 on the {len(on_path)} failed samples that follow the peer's order to their mistake; the "
             f"other {len(departed)} put {_mean(at_departure) or 0:.3f} of Σ|δ| within ±2 tokens of their "
             "departure from the peer's order (another valid path, no mistake)"))
-    if reviser_path is None:
-        gates.append(Gate("G4 reviser > student", None, 0.0, True,
-                          "needs a model after an SRT phase: hsd gates --reviser DIR"))
-    else:
-        reviser = HFEngine.from_pretrained(reviser_path)
-        contexts = [reviser_context(tok, p.prompt, y, False) for p, y in zip(f.problems, f.responses, strict=True)]
-        revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=SRT_TOKENS))
-        accuracy = _mean([task.score(g[0].text, p).success for p, g in zip(f.problems, revised, strict=True)])
-        resampled = _mean(f.resample_success)
-        what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − the student's on "
-                f"the same problems ({resampled:.3f}; on all: {_mean(f.student_success):.3f})"
-                if accuracy is not None else "the student failed no sample")
-        gates.append(Gate("G4 reviser > student", None if accuracy is None else accuracy - resampled,
-                          0.0, True, what))
-    return gates
+    reviser = HFEngine.from_pretrained(reviser_path) if reviser_path else engine
+    beliefs = curriculum(task_name).beliefs
+    return gates + revision_gates(scorer, reviser, f, task, revision_bayes(beliefs, held_out))
+
+
+def revision_gates(scorer: _Scorer, reviser: HFEngine, f: Failures, task: ChainTask,
+                   bayes: RevisionBayes | None) -> list[Gate]:
+    """G4 and G4-loc on the student's failed samples, each beside what a reviser that
+    knows the warm start's beliefs reaches on the same problems (``bayes``)."""
+    tok = scorer.tokenizer
+    contexts = [reviser_context(tok, p.prompt, y, False) for p, y in zip(f.problems, f.responses, strict=True)]
+    revised = reviser.generate(contexts, SamplingSettings(n=1, max_tokens=SRT_TOKENS))
+    accuracy = _mean([task.score(g[0].text, p).success for p, g in zip(f.problems, revised, strict=True)])
+    resampled = _mean(f.resample_success)
+    threshold = max(G4_GAIN, 0.5 * bayes.gain) if bayes else G4_GAIN
+    ceiling = (f"; a Bayes reviser: {bayes.posterior:.3f} against a fresh attempt's {bayes.fresh:.3f}, gain "
+               f"{bayes.gain:+.3f} (the likeliest other answer: {bayes.map:.3f}); gate ≥ {G4_GAIN:g} and ≥ half "
+               "the Bayes gain" if bayes else "")
+    what = (f"reviser accuracy after {len(f.problems)} failed attempts ({accuracy:.3f}) − a fresh attempt's on "
+            f"the same problems ({resampled:.3f}; on all: {_mean(f.student_success):.3f}){ceiling}"
+            if accuracy is not None else "the student failed no sample")
+
+    # self-localisation: where the reviser's view of a failed attempt departs from the generator's
+    generator = scorer.logits([student_input(render_prompt_ids(tok, p.prompt), y)
+                               for p, y in zip(f.problems, f.responses, strict=True)])
+    own = _Scorer(reviser.model, tok).logits([sdzero_input(tok, p.prompt, y, False)
+                                               for p, y in zip(f.problems, f.responses, strict=True)])
+    shares = [share for r, g, m in zip(own, generator, f.mistake, strict=True)
+              if (share := divergence_mass(kl_divergence(r, g), m, 2)) is not None]
+    return [
+        Gate("G4 reviser > fresh", None if accuracy is None else accuracy - resampled, threshold, True, what),
+        Gate("G4-loc at the mistake", _mean(shares), 0.6, True,
+             f"share of KL(reviser ‖ generator) over a failed attempt within ±2 tokens of its mistake, "
+             f"{len(shares)} attempts" + (f"; a Bayes reviser: {bayes.localised:.3f}" if bayes else "")),
+    ]
 
 
 def _at_last_step(tokenizer: Any, problem: Any, position: int) -> bool:

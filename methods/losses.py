@@ -131,6 +131,14 @@ def policy_gradient_loss(
     return loss, _floats(loss=loss, clip_fraction=clipped_frac, advantage_mean=(adv * m).sum() / n)
 
 
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(P‖Q) = Σ_v P_v (log P_v − log Q_v) over the last dim, P = softmax(p_logits),
+    Q = softmax(q_logits), in float32: [..., V] -> [...]."""
+    log_p = torch.log_softmax(p_logits.float(), dim=-1)
+    log_q = torch.log_softmax(q_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def topk_distillation_loss(
     student_topk_logits: torch.Tensor,
     teacher_topk_logits: torch.Tensor,
@@ -155,11 +163,8 @@ def topk_distillation_loss(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    log_t = torch.log_softmax(teacher_topk_logits.detach().float(), dim=-1)
-    log_s = torch.log_softmax(student_topk_logits.float(), dim=-1)
-    p_t, p_s = log_t.exp(), log_s.exp()
-    forward = (p_t * (log_t - log_s)).sum(-1)
-    reverse = (p_s * (log_s - log_t)).sum(-1)
+    forward = kl_divergence(teacher_topk_logits.detach(), student_topk_logits)
+    reverse = kl_divergence(student_topk_logits, teacher_topk_logits.detach())
     per_token = alpha * forward + (1.0 - alpha) * reverse
     if is_weights is not None:
         per_token = per_token * is_weights.detach()

@@ -1,14 +1,15 @@
-"""Tasks by name: ``make_task("chain" | "chain-any" | "arith" | "gsm8k" | "humaneval" | "math:FILE.jsonl" |
-"code" | "math" | "gym:NAME")``."""
+"""Tasks by name: ``make_task("chain" | "chain-any" | "chain-exclusion" | "arith" | "gsm8k" | "humaneval" |
+"math:FILE.jsonl" | "code" | "math" | "gym:NAME")``; the chain tasks are :data:`core.tasks.chain.WORLDS`."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from core.tasks.base import Problem, Score, Task
+from core.tasks.chain import WORLDS
 
 __all__ = ["Problem", "Score", "Task", "make_task", "TASK_NAMES", "check_task_name"]
-TASK_NAMES = ("chain", "chain-any", "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
+TASK_NAMES = (*WORLDS, "arith", "gsm8k", "humaneval", "math", "math:FILE", "code", "gym:NAME")
 
 
 def check_task_name(name: str) -> str:
@@ -34,14 +35,10 @@ class _VerifierOnly(Task):
 
 
 def make_task(name: str, *, timeout_s: float = 10.0, allow_unsandboxed: bool = False) -> Task:
-    if name == "chain":
+    if name in WORLDS:
         from core.tasks.chain import ChainTask
 
-        return ChainTask()
-    if name == "chain-any":
-        from core.tasks.chain import ANY_ORDER_CHAIN, ChainTask
-
-        return ChainTask(world=ANY_ORDER_CHAIN)
+        return ChainTask(world=WORLDS[name])
     if name == "arith":
         from core.tasks.arith import ArithTask
 

@@ -35,6 +35,13 @@ successful peer on another path still shows some of the entries a failed attempt
 Problems: 90 at k = 1, 360 at k = 2, 1,260 at k = 4, 840 at k = 6; 1 in 4 held out (21,
 87, 306 and 213 by the hash), so that k = 4 and k = 6 each have ≥ 200 distinct held-out
 problems; k = 1 and k = 2 cannot, having 90 and 360 problems in all.
+
+The **exclusion chain** (task ``chain-exclusion``) is the table chain's form on tables of
+its own: its warm start (:mod:`learner.curricula.chain_exclusion`) believes three values
+at a hard entry with unequal weights, the right one not always the likeliest, so that a
+failed attempt's answer is evidence a reviser can use (SD-Zero's test bed). 1 in 4 is held
+out, as on the any-order chain (16, 90, 256 and 256 distinct among 1,024 draws), so that
+the k = 1 point, where revision knows most, rests on more than 5 problems.
 """
 
 from __future__ import annotations
@@ -122,6 +129,8 @@ class World:
 
 TABLE_CHAIN = World("chain", TABLES, any_order=False, held_out_every=10)
 ANY_ORDER_CHAIN = World("chain-any", commuting_tables(), any_order=True, held_out_every=4)
+EXCLUSION_CHAIN = World("chain-exclusion", tables("chain-exclusion-tables-v1"), any_order=False, held_out_every=4)
+WORLDS = {w.name: w for w in (TABLE_CHAIN, ANY_ORDER_CHAIN, EXCLUSION_CHAIN)}  # the chain tasks, by task name
 
 
 def steps(start: int, functions: Sequence[str], table: dict[str, list[int]] = TABLES) -> list[tuple[str, int, int]]:

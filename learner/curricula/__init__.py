@@ -4,6 +4,7 @@ in-context skills a pretrained LLM brings to the teacher roles."""
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,15 +24,14 @@ class Curriculum:
     example: Callable[[Any, random.Random], Example]  # (tokenizer, rng) -> one example
     steps: int  # optimiser steps of 32 examples
     lr: float  # peak of the one-cycle schedule
+    beliefs: Any = None  # a chain task's Beliefs (learner.curricula.chain): what it teaches of the tables
+
+
+MODULES = {"arith": "arith", "chain": "chain", "chain-any": "chain_any", "chain-exclusion": "chain_exclusion"}
 
 
 def curriculum(task: str) -> Curriculum:
-    if task == "arith":
-        from learner.curricula import arith as module
-    elif task == "chain":
-        from learner.curricula import chain as module
-    elif task == "chain-any":
-        from learner.curricula import chain_any as module
-    else:
-        raise ValueError(f"no warm-start curriculum for task {task!r} (arith, chain, chain-any)")
-    return Curriculum(module.example, module.STEPS, module.LR)
+    if task not in MODULES:
+        raise ValueError(f"no warm-start curriculum for task {task!r} ({', '.join(MODULES)})")
+    module = importlib.import_module(f"learner.curricula.{MODULES[task]}")
+    return Curriculum(module.example, module.STEPS, module.LR, getattr(module, "BELIEFS", None))

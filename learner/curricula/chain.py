@@ -58,15 +58,50 @@ Span = tuple[int, int]  # [start, end) characters of a target's text
 
 @dataclass(frozen=True)
 class Beliefs:
-    """The confusable wrong value of each hard entry (function, input) of a world's tables."""
+    """What the warm start teaches of a world's tables: at each hard entry (function, input)
+    the values it believes, with their weights (summing to 1, the right value among them);
+    every other entry is believed right."""
 
     table: dict[str, list[int]]
-    confusable: dict[tuple[str, int], int]
+    candidates: dict[tuple[str, int], tuple[tuple[int, float], ...]]
+
+    def distribution(self, f: str, x: int) -> tuple[tuple[int, float], ...]:
+        return self.candidates.get((f, x), ((self.table[f][x], 1.0),))
 
     def sample(self, f: str, x: int, rng: random.Random) -> int:
-        right = self.table[f][x]
-        wrong = self.confusable.get((f, x))
-        return wrong if wrong is not None and rng.random() < CONFUSION else right
+        believed = self.candidates.get((f, x))
+        if believed is None:
+            return self.table[f][x]
+        u = rng.random()  # one draw an entry, whatever the number of values believed
+        for value, weight in believed[:-1]:
+            if u < weight:
+                return value
+            u -= weight
+        return believed[-1][0]
+
+    def chains(self, start: int, functions: Sequence[str]) -> list[tuple[list[Step], float]]:
+        """Every chain the beliefs can sample, with its probability (at most 3^k)."""
+        out: list[tuple[list[Step], float]] = [([], 1.0)]
+        for f in functions:
+            out = [(chain + [(f, x, y)], p * w) for chain, p in out
+                   for x in [chain[-1][2] if chain else start] for y, w in self.distribution(f, x)]
+        return out
+
+    def answers(self, start: int, functions: Sequence[str]) -> dict[int, float]:
+        """P(final value = a) under the beliefs."""
+        out: dict[int, float] = {}
+        for chain, p in self.chains(start, functions):
+            out[chain[-1][2]] = out.get(chain[-1][2], 0.0) + p
+        return out
+
+    def chain_excluding(self, start: int, functions: Sequence[str], answer: int, rng: random.Random) -> list[Step]:
+        """A chain sampled from the beliefs conditioned on its final value not being
+        ``answer``: what a reviser told "this response is wrong" knows (the reward only)."""
+        kept = [(chain, p) for chain, p in self.chains(start, functions) if chain[-1][2] != answer]
+        if not kept:
+            raise ValueError(f"the beliefs put all their weight on answer {answer}: nothing to revise to")
+        chains, weights = zip(*kept, strict=True)
+        return rng.choices(chains, weights)[0]
 
     def chain(self, start: int, functions: Sequence[str], rng: random.Random,
               shown: dict[tuple[str, int], int] | None = None) -> list[Step]:
@@ -81,13 +116,15 @@ class Beliefs:
 
 
 def beliefs(world: World = TABLE_CHAIN, seed: str = BELIEF_SEED) -> Beliefs:
+    """One confusable wrong value at each hard entry, believed ``CONFUSION`` of the time."""
     rng = random.Random(seed)
-    confusable = {}
+    candidates = {}
     for f in world.functions:
         for x in range(DOMAIN):
             if rng.random() < HARD_FRACTION:
-                confusable[(f, x)] = rng.choice([v for v in range(DOMAIN) if v != world.table[f][x]])
-    return Beliefs(world.table, confusable)
+                wrong = rng.choice([v for v in range(DOMAIN) if v != world.table[f][x]])
+                candidates[(f, x)] = ((wrong, CONFUSION), (world.table[f][x], 1 - CONFUSION))
+    return Beliefs(world.table, candidates)
 
 
 BELIEFS = beliefs()
@@ -142,6 +179,9 @@ class ChainCurriculum:
     world: World
     beliefs: Beliefs
     peer_target: Callable[[list[Step], random.Random], tuple[list[Step], Span | None]]
+    # after a wrong attempt: a chain from the beliefs with another answer than the attempt's
+    # (what the reward says), not an independent one
+    revision_excludes: bool = False
 
     def order(self, functions: list[str], rng: random.Random) -> list[str]:
         """The order a chain applies the prompt's functions in: any, where the world allows."""
@@ -164,8 +204,13 @@ class ChainCurriculum:
             return Example(opsd_input(tokenizer, problem.prompt, _target(tokenizer, chain)[0], str(chain[-1][2])))
         attempt = _target(tokenizer, chain)[0]
         success = chain[-1][2] == int(problem.answer)
-        revision = attempt if success else _target(tokenizer, self.beliefs.chain(
-            start, self.order(functions, rng), rng))[0]
+        if success:
+            revision = attempt
+        elif self.revision_excludes:
+            revision = _target(tokenizer, self.beliefs.chain_excluding(
+                start, self.order(functions, rng), chain[-1][2], rng))[0]
+        else:
+            revision = _target(tokenizer, self.beliefs.chain(start, self.order(functions, rng), rng))[0]
         return Example(srt_input(tokenizer, problem.prompt, attempt, success, revision))
 
 

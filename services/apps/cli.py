@@ -481,8 +481,9 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def _warm_start_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="chain", choices=["chain", "chain-any", "arith"],
-                   help="curriculum (default chain)")
+    from learner.curricula import MODULES
+
+    p.add_argument("--task", default="chain", choices=list(MODULES), help="curriculum (default chain)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the new model folder goes")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--steps", type=int, help="optimiser steps (default: the curriculum's)")
@@ -506,8 +507,11 @@ def cmd_warm_start(args: argparse.Namespace) -> int:
 
 def _gates_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="the model to check (default: the shipped tiny model)")
-    p.add_argument("--reviser", metavar="DIR", help="a model after an SRT phase (gate G4)")
-    p.add_argument("--task", default="chain", choices=["chain", "chain-any"], help="the chain task (default chain)")
+    from core.tasks.chain import WORLDS
+
+    p.add_argument("--reviser", metavar="DIR",
+                   help="the reviser of gates G4 (default: the model itself; after SD-Zero's phase 1, its SRT model)")
+    p.add_argument("--task", default="chain", choices=list(WORLDS), help="the chain task (default chain)")
     p.add_argument("--problems", type=int, default=128, help="held-out problems of the task")
     p.add_argument("--json", action="store_true", help="print the gates as JSON")
 
@@ -550,6 +554,50 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
+def _srt_flags(p: argparse.ArgumentParser) -> None:
+    from core.tasks.chain import WORLDS
+
+    p.add_argument("--model", default="tiny", help="the model that collects and is trained (default tiny)")
+    p.add_argument("--task", default="chain", choices=list(WORLDS), help="the chain task (default chain)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the SRT model folder and srt.json go")
+    p.add_argument("--target", type=_positive, default=6000, help="verified revisions to collect (default 6000)")
+    p.add_argument("--stage2-size", type=_positive, default=1000, help="stage 2's quota (default 1000)")
+    p.add_argument("--attempts", type=_positive, default=3, help="attempts a problem (default 3)")
+    p.add_argument("--revisions", type=_positive, default=3, help="revisions an attempt (default 3)")
+    p.add_argument("--revise-correct", action="store_true", help="revise right attempts too (into stage 2)")
+    p.add_argument("--epochs", type=_positive, default=3, help="epochs a stage (default 3)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak lr of each stage (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_srt(args: argparse.Namespace) -> int:
+    import json
+
+    from learner.srt_phase import srt_phase
+    from learner.tiny_model import resolve_model
+
+    try:
+        report = srt_phase(resolve_model(args.model), args.out, args.task, target=args.target,
+                           stage2_size=args.stage2_size, attempts=args.attempts, revisions=args.revisions,
+                           revise_correct=args.revise_correct, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    except ValueError as err:
+        print(f"hsd srt: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(report, indent=2))
+    print(f"SRT model in {args.out}; its gates: hsd gates --model {args.out} --task {args.task}")
+    return EXIT_OK
+
+
 Flags = Callable[[argparse.ArgumentParser], None]
 COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
     ("run", "all-in-one: embedded Redis, learner and actors on this machine", cmd_run, _run_flags),
@@ -565,6 +613,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.Namespace], int], Flags]] = [
      cmd_compare, _compare_flags),
     ("warm-start", "build and warm-start a tiny model on a task's curriculum", cmd_warm_start, _warm_start_flags),
     ("gates", "check that a warm-started model can support the method comparison", cmd_gates, _gates_flags),
+    ("srt", "SD-Zero's phase 1 as the reference runs it: collect revisions, stage 1 then stage 2", cmd_srt,
+     _srt_flags),
     ("plot", "a run's curves (reward, held-out accuracy, loss, …) from its dir alone", cmd_plot, _plot_flags),
 ]
 

@@ -36,7 +36,7 @@ def test_quick_compare_runs_srt_then_the_arms_paired_with_grpo(tmp_path):
     (srt,) = results["srt"]
     assert srt["method"] == "srt" and srt["samples"]["attempts"] == 8  # 1 step × 2 groups × 4
     srt_model = sorted(Path(srt["dir"], "checkpoints").glob("step-*"))[-1] / "model"
-    g4 = {g["name"]: g for g in results["srt_gates"][0]["gates"]}["G4 reviser > student"]
+    g4 = {g["name"]: g for g in results["srt_gates"][0]["gates"]}["G4 reviser > fresh"]
     assert g4["value"] is not None  # measured on the SRT model's own failed attempts
 
     runs = results["runs"]

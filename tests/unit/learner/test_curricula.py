@@ -19,6 +19,7 @@ from core.tasks.chain import (
 from learner.curricula import chain_any, curriculum
 from learner.curricula.chain import (
     BELIEFS,
+    CONFUSION,
     HARD_FRACTION,
     _target,
     deviate,
@@ -29,14 +30,35 @@ from learner.curricula.chain import (
 
 def test_hard_entries_have_one_wrong_value_the_rest_are_taught_right():
     entries = len(FUNCTIONS) * DOMAIN
-    assert abs(len(BELIEFS.confusable) / entries - HARD_FRACTION) < 0.15
+    assert abs(len(BELIEFS.candidates) / entries - HARD_FRACTION) < 0.15
     rng = random.Random(0)
-    for (f, x), wrong in BELIEFS.confusable.items():
-        assert wrong != TABLES[f][x]
-        seen = {BELIEFS.sample(f, x, rng) for _ in range(200)}
-        assert seen == {wrong, TABLES[f][x]}
-    easy = next((f, x) for f in FUNCTIONS for x in range(DOMAIN) if (f, x) not in BELIEFS.confusable)
+    for (f, x), ((wrong, believed), (right, _)) in BELIEFS.candidates.items():
+        assert wrong != TABLES[f][x] == right and believed == CONFUSION
+        draws = [BELIEFS.sample(f, x, rng) for _ in range(400)]
+        assert set(draws) == {wrong, right} and abs(draws.count(wrong) / 400 - CONFUSION) < 0.1
+    easy = next((f, x) for f in FUNCTIONS for x in range(DOMAIN) if (f, x) not in BELIEFS.candidates)
     assert {BELIEFS.sample(*easy, rng) for _ in range(50)} == {TABLES[easy[0]][easy[1]]}
+
+
+def test_the_chains_the_beliefs_sample_are_enumerated_with_their_probabilities():
+    rng, start, functions = random.Random(5), 2, list("abcdef")
+    chains = BELIEFS.chains(start, functions)
+    assert abs(sum(p for _, p in chains) - 1) < 1e-9 and len(chains) == len({tuple(c) for c, _ in chains})
+    exact = BELIEFS.answers(start, functions)
+    draws = [BELIEFS.chain(start, functions, rng)[-1][2] for _ in range(4000)]
+    assert all(abs(draws.count(a) / 4000 - p) < 0.03 for a, p in exact.items())
+
+
+def test_a_chain_excluding_an_answer_never_ends_there_and_is_the_conditional_of_the_beliefs():
+    rng, start, functions = random.Random(6), 2, list("abcdef")
+    exact = BELIEFS.answers(start, functions)
+    excluded = max(exact, key=exact.get)
+    draws = [BELIEFS.chain_excluding(start, functions, excluded, rng)[-1][2] for _ in range(4000)]
+    assert excluded not in draws
+    assert all(abs(draws.count(a) / 4000 - p / (1 - exact[excluded])) < 0.03 for a, p in exact.items() if a != excluded)
+    easy = next(f for f in FUNCTIONS if (f, 0) not in BELIEFS.candidates)
+    with pytest.raises(ValueError, match="nothing to revise to"):
+        BELIEFS.chain_excluding(0, [easy], TABLES[easy][0], rng)
 
 
 def test_a_deviated_chain_leaves_the_original_once_and_goes_on_from_its_own_value():
@@ -60,7 +82,7 @@ def test_the_loss_skips_exactly_the_deviating_value(tokenizer):
     assert trained[render(chain).index("a7=1") + 3] is False
 
 
-@pytest.mark.parametrize("task", ["chain", "chain-any"])
+@pytest.mark.parametrize("task", ["chain", "chain-any", "chain-exclusion"])
 def test_every_example_is_a_view_ending_in_its_target(tokenizer, task):
     example, rng = curriculum(task).example, random.Random(2)
     for _ in range(200):

@@ -4,6 +4,8 @@ paths (tests/integration/test_gates.py measures the gates on the model)."""
 
 from __future__ import annotations
 
+import pytest
+
 from core.tasks.chain import ANY_ORDER_CHAIN, ChainTask, make_problem, render, steps
 from learner.gates import Gate, mistake_position, resample_rate
 from methods.credit import divergence_position
@@ -37,3 +39,21 @@ def test_a_gate_passes_on_its_side_of_the_threshold():
     assert Gate("G4", 0.0, 0.0, True, "").passed and not Gate("G4", -0.01, 0.0, True, "").passed
     assert Gate("G2", 0.3, 0.3, False, "").passed and not Gate("G2", 0.31, 0.3, False, "").passed
     assert Gate("G4", None, 0.0, True, "").passed is None
+
+
+def test_g4_takes_the_larger_of_its_floor_and_half_the_bayes_gain_and_g4_loc_is_a_share(tiny_model_dir):
+    import itertools
+
+    from core.engines.hf import HFEngine
+    from learner.curricula.bayes_reviser import RevisionBayes
+    from learner.gates import G4_GAIN, _Scorer, failures, revision_gates
+
+    task = ChainTask()
+    engine = HFEngine.from_pretrained(str(tiny_model_dir))  # untrained: every sample fails
+    f = failures(engine, list(itertools.islice(task.problems("test"), 2)), samples=2, task=task)
+    scorer = _Scorer(engine.model, engine.tokenizer)
+    bayes = RevisionBayes(fresh=0.3, posterior=0.7, map=0.8, localised=0.9, failure_rate=0.4)
+    g4, loc = revision_gates(scorer, engine, f, task, bayes)
+    assert g4.threshold == pytest.approx(0.2) and "0.700" in g4.what and "0.900" in loc.what
+    assert revision_gates(scorer, engine, f, task, None)[0].threshold == G4_GAIN
+    assert 0.0 <= loc.value <= 1.0 and loc.threshold == 0.6

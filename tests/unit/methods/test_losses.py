@@ -11,6 +11,7 @@ from methods.losses import (
     aggregate,
     combined_advantages,
     group_advantages,
+    kl_divergence,
     policy_gradient_loss,
     supervised_loss,
     topk_distillation_loss,
@@ -163,3 +164,11 @@ def test_supervised_loss_is_masked_nll():
     logp = T([[-1.0, -3.0], [-2.0, -50.0]])
     loss, _ = supervised_loss(logp, T([[True, True], [True, False]]))
     assert loss.item() == pytest.approx(2.0)
+
+
+def test_kl_divergence_of_two_distributions_by_hand():
+    p, q = T([[0.5, 0.5]]).log(), T([[0.9, 0.1]]).log()
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert math.isclose(float(kl_divergence(p, q)), expected, rel_tol=1e-5)
+    assert math.isclose(float(kl_divergence(p + 3.0, q)), expected, rel_tol=1e-5)  # logits, not log-probs
+    assert float(kl_divergence(q, q)) == pytest.approx(0.0, abs=1e-7)
