@@ -85,7 +85,7 @@ class ModelConfig(_Section):
     # "tiny": the shipped tiny Qwen3 (table chain); "tiny-arith": the same architecture
     # warm-started on arith (built once, cached); else an HF folder or hub id.
     path: str = "tiny"
-    """'tiny' (the shipped table-chain model), 'tiny-seed2', 'tiny-chain-any', 'tiny-chain-any-seed2' (the any-order chain's), 'tiny-arith', an HF folder or a hub id"""
+    """'tiny' (the shipped table-chain model), 'tiny-seed2', 'tiny-chain-any', 'tiny-chain-any-seed2' (the any-order chain's), 'tiny-chain-exclusion', 'tiny-arith', an HF folder or a hub id"""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
     """parameter dtype (bf16/fp16 train with float32 master weights, learner.master_weights)"""
     max_prompt_tokens: Annotated[int, Field(ge=1)] = 256

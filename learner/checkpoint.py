@@ -69,7 +69,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -78,7 +78,7 @@ def _digests(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` but meta.json (files hashed in parallel)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(META))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        return dict(zip((str(p.relative_to(folder)) for p in files), pool.map(_sha256, files), strict=True))
+        return dict(zip((str(p.relative_to(folder)) for p in files), pool.map(file_sha256, files), strict=True))
 
 
 def damage(path: Path) -> str | None:

@@ -213,7 +213,9 @@ def srt_phase(model_in: str, out: str | Path, task_name: str, *, target: int = 6
     model.save_pretrained(out)
     tok.save_pretrained(out)
     report = {
-        "model_in": str(model_in), "task": task_name, "seed": seed, "lr": lr, "epochs": epochs, "batch": batch,
+        "model_in": str(model_in), "task": task_name, "target": target, "stage2_size": stage2_size,
+        "attempts": attempts, "revisions": revisions, "revise_correct": revise_correct, "epochs": epochs, "lr": lr,
+        "batch": batch, "seed": seed,
         "collected": {k: v for k, v in asdict(data).items() if k != "revisions"} | {
             "distinct_revisions": len(data.revisions), "samples": data.samples},
         "stage1": _stage_report(first), "stage2": _stage_report(second),

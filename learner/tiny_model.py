@@ -24,11 +24,14 @@ TINY_VERSION = "v5"  # bump when the architecture, tokenizer or arithmetic warm 
 MODELS = Path(__file__).with_name("models")
 # the shipped warm starts, by name: the table chain's (`hsd warm-start --task chain`, seed 1
 # and, for the comparison's second warm-start seed, 2) and the any-order chain's
-# (`--task chain-any`: several valid paths; seeds 1 and 2 likewise)
+# (`--task chain-any`: several valid paths; seeds 1 and 2 likewise) and the exclusion chain's
+# (`--task chain-exclusion`, seed 1: SD-Zero's test bed; a second seed is not trained yet)
 SHIPPED = {TINY: MODELS / "tiny-chain", "tiny-seed2": MODELS / "tiny-chain-seed2",
-           "tiny-chain-any": MODELS / "tiny-chain-any", "tiny-chain-any-seed2": MODELS / "tiny-chain-any-seed2"}
+           "tiny-chain-any": MODELS / "tiny-chain-any", "tiny-chain-any-seed2": MODELS / "tiny-chain-any-seed2",
+           "tiny-chain-exclusion": MODELS / "tiny-chain-exclusion"}
 # `hsd compare`'s warm starts for each task (any other task names its own)
-WARM_STARTS = {"chain": (TINY, "tiny-seed2"), "chain-any": ("tiny-chain-any", "tiny-chain-any-seed2")}
+WARM_STARTS = {"chain": (TINY, "tiny-seed2"), "chain-any": ("tiny-chain-any", "tiny-chain-any-seed2"),
+               "chain-exclusion": ("tiny-chain-exclusion",)}
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]

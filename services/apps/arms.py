@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 BASELINE = "grpo"
 FROZEN = 'algorithm.teacher="frozen"'
+SYNC_EVERY = 4  # steps between copies of sdzero-sync's teacher: three copies in a 12-step run
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("opsd", "opsd", (FROZEN,), "OPSD: frozen teacher reading the reference answer, every sample"),
     Arm("opsd-failed", "opsd", (FROZEN, 'algorithm.distill="failed"'), "OPSD on failed samples only"),
     Arm("sdzero", "sdzero", (), "SD-Zero: the SRT model as its own frozen reviser, top-64 KL"),
+    Arm("sdzero-sync", "sdzero", ('algorithm.teacher="sync"', f"algorithm.teacher_sync_every={SYNC_EVERY}"),
+        f"SD-Zero with the reviser synchronised to the student every {SYNC_EVERY} steps (iterative self-evolution)"),
     Arm("rft", "rft", (), "RFT: fine-tuning on the model's own successful samples (SD-Zero's baseline)"),
 )}
-
-# SD-Zero's phase 1, run before the arms (its model is sdzero's start): a run, not an arm
-SRT_PHASE = Arm("srt", "srt", (), "SD-Zero phase 1: self-revision training")
 
 # (minuend, subtrahend, what the difference isolates); besides every arm − grpo
 CONTRASTS: tuple[tuple[str, str, str], ...] = (
@@ -55,6 +55,8 @@ CONTRASTS: tuple[tuple[str, str, str], ...] = (
     ("hsd", "grpo-kl0.1", "hindsight against a KL pull to θ0 alone (β = 0.1)"),
     ("hsd-reference", "hsd", "the ground-truth solution in place of an on-policy peer"),
     ("hsd-topk", "hsd", "the top-k KL in place of credit on the sampled token"),
+    ("sdzero", "rft", "the reviser's token-level KL against fine-tuning on one's own successes"),
+    ("sdzero-sync", "sdzero", "iterative self-evolution: a reviser that follows the student against a frozen one"),
 )
 # the arms that would recover HSD's lead if it were regularisation, not hindsight
 CONTROLS = ("grpo-kl0.01", "grpo-kl0.1", "hsd-placebo")

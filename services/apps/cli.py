@@ -331,8 +331,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     protocol = replace(
         base, arms=tuple(args.arms.split(",")) if args.arms else base.arms,
         seeds=given("seeds", base.seeds), steps=given("steps", base.steps),
-        eval_problems=given("eval_problems", base.eval_problems), srt_steps=given("srt_steps", base.srt_steps),
-        srt_lr=given("srt_lr", base.srt_lr), max_response_tokens=given("max_response_tokens", base.max_response_tokens),
+        eval_problems=given("eval_problems", base.eval_problems), srt_target=given("srt_target", base.srt_target),
+        srt_stage2=given("srt_stage2", base.srt_stage2), srt_epochs=given("srt_epochs", base.srt_epochs),
+        srt_lr=given("srt_lr", base.srt_lr), equal_samples=args.equal_samples or base.equal_samples,
+        max_response_tokens=given("max_response_tokens", base.max_response_tokens),
         lrs=lrs or base.lrs,
         actors=given("actors", base.actors), parallel=given("parallel", base.parallel),
         staleness=base.staleness if staleness is None else staleness,
@@ -371,8 +373,13 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")
     p.add_argument("--steps", type=int, help="steps per run (default 12; samples = steps × B × G)")
     p.add_argument("--lrs", help="learning rates every arm sweeps (default 1e-4,2e-4,3e-4; one value: no sweep)")
-    p.add_argument("--srt-steps", type=int, help="steps of SD-Zero's SRT phase (default 8)")
-    p.add_argument("--srt-lr", type=float, help="learning rate of the SRT phase (supervised; default 1e-4)")
+    p.add_argument("--srt-target", type=int, help="verified revisions SD-Zero's phase 1 collects (default 1000)")
+    p.add_argument("--srt-stage2", type=int, help="of them, stage 2's quota (default 200; stage 1 takes the rest)")
+    p.add_argument("--srt-epochs", type=int, help="epochs of each SRT stage (default 3)")
+    p.add_argument("--srt-lr", type=float, help="learning rate of the SRT stages (supervised; default 1e-4)")
+    p.add_argument("--equal-samples", action="store_true",
+                   help="every arm that does not start from the SRT model runs as many more steps as the SRT "
+                        "phase's samples fill (SD-Zero against its baselines at equal samples)")
     p.add_argument("--max-response-tokens", type=int,
                    help="every run's response budget (default 160: holds an SRT model's attempt and revision)")
     p.add_argument("--eval-problems", type=int, help="held-out problems per evaluation (default 1024)")

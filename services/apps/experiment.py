@@ -2,9 +2,10 @@
 
 ::
 
-    1 SRT          srt from each warm start at its own (supervised) lr, η = 0 ──► SRT model: sdzero's
-                   student and frozen teacher;
-                   its attempts + revisions count in sdzero's sample budget; gates G1–G4
+    1 SRT          SD-Zero's phase 1 from each warm start (learner.srt_phase: collect verified
+                   revisions, stage 1 then stage 2) ──► SRT model: sdzero's student and
+                   teacher; its attempts + revisions count in sdzero's sample budget (with
+                   ``equal_samples`` every other arm gets as many more steps); gates G1–G4
     2 lr sweeps    every arm × lrs × warm starts × sweep seeds ──► the arm's lr (best mean
                    final held-out among the lrs none of whose sweep runs collapsed)
     3 grid         warm start × seed × arm, one `hsd run` each at the arm's lr
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import statistics
 import time
@@ -49,10 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from services.apps.arms import ARMS, BASELINE, CONTROLS, SRT_PHASE, Arm, contrast_name, contrasts
+from services.apps.arms import ARMS, BASELINE, CONTROLS, Arm, contrast_name, contrasts
 from services.apps.compare_plots import plot_accuracy, plot_alignment, plot_forest, plot_staleness
-from services.apps.paired import Paired, mean_se, paired, slope
-from services.apps.run_result import RunResult, asynchrony
+from services.apps.paired import Paired, mean_se, one_sample, paired, slope
+from services.apps.run_result import RunResult, SRTRun, asynchrony
 from services.apps.staleness_study import analyse_staleness, staleness_markdown
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,14 @@ CRITERIA = {
     "gap_grows_with_k": "the slope over k of HSD − OPSD above 0 (a per-pair regression on k, not two points)",
 }
 FALSIFICATION = "; ".join(f"not ({c})" for c in CRITERIA.values()) + " (any one falsifies the claim)"
+# SD-Zero's, stated before its run (README), read where sdzero and grpo ran
+SDZERO_RELATIVE_GAIN = 0.10
+SDZERO_CRITERIA = {
+    "sdzero_gain_shrinks_with_k": "the slope over k of SD-Zero − GRPO below 0: SD-Zero's gain over GRPO is "
+                                  "largest at k = 1 and shrinks with k (the opposite of HSD's)",
+    "sdzero_above_base": f"SD-Zero's final held-out accuracy over its warm start's, − {1 + SDZERO_RELATIVE_GAIN:g}, "
+                         f"above 0: at least {SDZERO_RELATIVE_GAIN:.0%} relative over the base model",
+}
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,11 @@ class Protocol:
     eval_problems: int = 1024
     lrs: tuple[float, ...] = (1e-4, 2e-4, 3e-4)
     sweep_seeds: tuple[int, ...] = (100, 101)
-    srt_steps: int = 8
+    srt_target: int = 1000  # verified revisions SD-Zero's phase 1 collects (the reference: 6,000 for a 4B model)
+    srt_stage2: int = 200  # of them, stage 2's quota (the reference: 1,000); stage 1 takes the rest
+    srt_epochs: int = 3  # a stage (the reference's)
     srt_lr: float = 1e-4  # supervised; 3e-4 lowered the student and the reviser (README)
+    equal_samples: bool = False  # every arm not starting from the SRT model runs its phase's samples longer
     max_response_tokens: int = 160
     alignment_problems: int = 512
     actors: int = 2
@@ -93,7 +106,8 @@ class Protocol:
         """The whole pipeline at the smallest size, for the test suite."""
         return replace(self, warm_starts=self.warm_starts[:1], arms=("grpo", "grpo-kl0.1", "hsd-placebo", "sdzero"),
                        seeds=2, steps=1,
-                       eval_every=1, eval_problems=32, lrs=self.lrs[:1], srt_steps=1, alignment_problems=32,
+                       eval_every=1, eval_problems=32, lrs=self.lrs[:1], srt_target=8, srt_stage2=4, srt_epochs=1,
+                       alignment_problems=32,
                        actors=1, staleness=(0, 1), repeats=1)
 
 
@@ -101,6 +115,7 @@ class Protocol:
 
 
 RunFn = Callable[[Config], dict[str, Any]]  # one `hsd run` of a config → its summary
+SRTFn = Callable[..., dict[str, Any]]  # (model_in, out, task, target=, stage2_size=, epochs=, lr=, seed=) → srt.json
 
 
 LEDGER = "runs.jsonl"  # in the output dir: one line per finished run, what resuming needs
@@ -112,13 +127,20 @@ class Experiment:
     its :class:`RunResult`), and a run whose key is in the ledger is not run again — so a
     comparison of hours goes on where it stopped, in the same dir (a run dir left with a
     summary also counts) or in a new one given only the ledger. The SRT phase is the one
-    exception: sdzero starts from its checkpoint, so an SRT run is reused only where its
-    dir is there; it runs at η = 0, so that running it again rebuilds the same weights, and
-    sdzero's keys hold the SRT weights' digest, so that other weights mean new sdzero runs."""
+    exception: sdzero starts from its model, so it is reused only where its dir holds the
+    model of the same settings; it is seeded, so that running it again rebuilds the same
+    weights, and sdzero's keys hold the SRT weights' digest, so that other weights mean new
+    sdzero runs. ``srt_phase`` is :func:`learner.srt_phase.srt_phase` or a stand-in with
+    its signature and report."""
 
     def __init__(self, make_config: Callable[[list[str]], Config], protocol: Protocol, out: Path,
-                 run: RunFn) -> None:
+                 run: RunFn, srt_phase: SRTFn | None = None) -> None:
         self.make_config, self.p, self.out, self._run = make_config, protocol, out, run
+        if srt_phase is None:
+            from learner.srt_phase import srt_phase
+        self._srt_phase = srt_phase
+        base = make_config([])
+        self.task, self.samples_per_step = base.actor.task, base.learner.batch_groups * base.actor.group_size
         self.ledger: dict[str, dict[str, Any]] = {}
         out.mkdir(parents=True, exist_ok=True)
         if (out / LEDGER).exists():
@@ -141,7 +163,7 @@ class Experiment:
             f'model.path="{model or p.warm_starts[ws]}"', f"model.max_response_tokens={p.max_response_tokens}"])
         key = run_key(c, model_sha256)
         kept = self.ledger.get(name)
-        if kept is not None and kept["key"] == key and (a is not SRT_PHASE or (self.out / name / "checkpoints").exists()):
+        if kept is not None and kept["key"] == key:
             log.info("%s: in the ledger with this config; its result is reused", name)
             return RunResult.from_json(kept["result"])
         started = time.monotonic()
@@ -178,15 +200,18 @@ class Experiment:
         with ThreadPoolExecutor(self.p.parallel) as pool:
             return list(pool.map(lambda job: job(), jobs))
 
-    def _start(self, arm: str, ws: int, srt: list[RunResult]) -> dict[str, Any]:
-        """What an arm starts from on a warm start (``_one``'s model arguments) and the
-        samples spent before it: sdzero's is that warm start's SRT model."""
-        if arm == "sdzero":
-            return {"model": srt_model(srt[ws]), "samples_before": sum(srt[ws].samples.values()),
-                    "model_sha256": srt[ws].weights_sha256}
-        return {}
+    def _start(self, arm: str, ws: int, srt: list[SRTRun]) -> dict[str, Any]:
+        """What an arm starts from on a warm start and how long it runs (``_one``'s model and
+        steps arguments), and the samples spent before it: sdzero's start is that warm
+        start's SRT model; with ``equal_samples`` every other arm runs as many more steps
+        as the SRT phase's samples fill."""
+        if ARMS[arm].method == "sdzero":
+            return {"model": srt[ws].dir, "samples_before": srt[ws].total_samples,
+                    "model_sha256": srt[ws].weights_sha256, "steps": self.p.steps}
+        extra = math.ceil(srt[ws].total_samples / self.samples_per_step) if self.p.equal_samples and srt else 0
+        return {"steps": self.p.steps + extra}
 
-    def sweep(self, srt: list[RunResult]) -> tuple[dict[str, float], list[RunResult]]:
+    def sweep(self, srt: list[SRTRun]) -> tuple[dict[str, float], list[RunResult]]:
         """Every arm's lr by the same sweep and rule (:func:`best_lr`)."""
         p = self.p
         if len(p.lrs) == 1:
@@ -196,29 +221,46 @@ class Experiment:
             for ws in range(len(p.warm_starts)):
                 start = self._start(arm, ws, srt)
                 jobs += [(lambda arm=arm, lr=lr, ws=ws, seed=seed, start=start: self._one(
-                    f"sweep-{arm}-lr{lr:g}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lr, p.steps, **start))
+                    f"sweep-{arm}-lr{lr:g}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lr, **start))
                     for lr in p.lrs for seed in p.sweep_seeds]
         runs = self._map(jobs)
         return {arm: best_lr([r for r in runs if r.arm == arm], p.lrs) for arm in p.arms}, runs
 
-    def srt(self) -> list[RunResult]:
-        return self._map([(lambda ws=ws: self._one(f"srt-ws{ws}", SRT_PHASE, ws, 0, self.p.srt_lr, self.p.srt_steps,
-                                                   staleness=0))
-                          for ws in range(len(self.p.warm_starts))])
+    def srt(self) -> list[SRTRun]:
+        """SD-Zero's phase 1 on each warm start, seeded by its index."""
+        return [self._srt_one(ws) for ws in range(len(self.p.warm_starts))]
 
-    def grid(self, lrs: dict[str, float], srt: list[RunResult]) -> list[RunResult]:
+    def _srt_one(self, ws: int) -> SRTRun:
+        p, out = self.p, self.out / f"srt-ws{ws}"
+        settings = {"target": p.srt_target, "stage2_size": p.srt_stage2, "epochs": p.srt_epochs, "lr": p.srt_lr,
+                    "seed": ws}
+        written = out / "srt.json"
+        report = json.loads(written.read_text()) if written.exists() and (out / "model.safetensors").exists() else {}
+        if {k: report.get(k) for k in ("model_in", "task", *settings)} != {
+                "model_in": p.warm_starts[ws], "task": self.task, **settings}:
+            log.info("srt-ws%d: SD-Zero's phase 1 (%s)", ws, settings)
+            report = self._srt_phase(p.warm_starts[ws], out, self.task, **settings)
+        else:
+            log.info("srt-ws%d: its model with these settings is in %s; reused", ws, out)
+        from learner.checkpoint import file_sha256
+
+        collected = report["collected"]
+        return SRTRun(ws, str(out), {"attempts": collected["attempts"], "revisions": collected["revisions_sampled"]},
+                      file_sha256(out / "model.safetensors"), report)
+
+    def grid(self, lrs: dict[str, float], srt: list[SRTRun]) -> list[RunResult]:
         jobs = []
         for ws in range(len(self.p.warm_starts)):
             for seed in range(self.p.seeds):
                 for arm in self.p.arms:
                     start = self._start(arm, ws, srt)
                     jobs.append(lambda arm=arm, ws=ws, seed=seed, start=start: self._one(
-                        f"{arm}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lrs[arm], self.p.steps, **start))
+                        f"{arm}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lrs[arm], **start))
         return self._map(jobs)
 
 
-    def staleness_study(self, lrs: dict[str, float], grid: list[RunResult]) -> tuple[list[RunResult],
-                                                                                    list[RunResult]]:
+    def staleness_study(self, lrs: dict[str, float], grid: list[RunResult],
+                        srt: list[SRTRun]) -> tuple[list[RunResult], list[RunResult]]:
         """The study's arms at every η of the protocol on every pair, at the arm's lr (the
         grid's runs stand for the η they ran at), then the first ``repeats`` pairs at η = 0
         once more. Returns (the study's runs, the repeats)."""
@@ -229,7 +271,7 @@ class Experiment:
 
         def job(arm: str, eta: int, ws: int, seed: int, tag: str = "") -> Callable[[], RunResult]:
             return lambda: self._one(f"{arm}-eta{eta}-ws{ws}-seed{seed}{tag}", ARMS[arm], ws, seed, lrs[arm],
-                                     p.steps, staleness=eta)
+                                     staleness=eta, **self._start(arm, ws, srt))
 
         fresh = [job(arm, eta, ws, seed) for eta in p.staleness for ws, seed in pairs for arm in arms
                  if (arm, eta, ws, seed) not in have]
@@ -280,11 +322,6 @@ def best_lr(sweep: list[RunResult], lrs: Sequence[float]) -> float:
     return max(lrs, key=rank)
 
 
-def srt_model(run: RunResult) -> str:
-    """The HF folder of an srt run's last checkpoint."""
-    return str(sorted(Path(run.dir, "checkpoints").glob("step-*"))[-1] / "model")
-
-
 # ---------------------------------------------------------------------- analysis
 
 
@@ -315,8 +352,13 @@ def analyse(runs: list[RunResult], arms: Sequence[str]) -> dict[str, Any]:
         if trend is not None:
             d["slope_k"] = asdict(trend)
         differences[contrast_name(b, a)] = d
-    return {"pairs": len(pairs), "table": table, "differences": differences, "criteria": CRITERIA,
-            "falsified_if": FALSIFICATION, "verdict": verdict(differences)}
+    over_base = None
+    if "sdzero" in arms and BASELINE in arms:  # the base model: the warm start, at a grpo run's step 0
+        over_base = one_sample([by["sdzero"][p].final / by[BASELINE][p].accuracy_by_step[0]
+                                - (1 + SDZERO_RELATIVE_GAIN) for p in pairs])
+    return {"pairs": len(pairs), "table": table, "differences": differences, "criteria": CRITERIA | SDZERO_CRITERIA,
+            "falsified_if": FALSIFICATION, "sdzero_over_base": asdict(over_base) if over_base else None,
+            "verdict": verdict(differences, over_base)}
 
 
 def _clear_above_zero(differences: dict[str, dict[str, Any]], name: str, column: str) -> bool | None:
@@ -324,9 +366,10 @@ def _clear_above_zero(differences: dict[str, dict[str, Any]], name: str, column:
     return None if entry is None else entry["low"] > 0
 
 
-def verdict(differences: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """:data:`CRITERIA` applied: each True (met), False (not) or None (its arms or k's did
-    not run); the claim survives only if every one is met."""
+def verdict(differences: dict[str, dict[str, Any]], sdzero_over_base: Paired | None = None) -> dict[str, Any]:
+    """:data:`CRITERIA` and :data:`SDZERO_CRITERIA` applied: each True (met), False (not) or
+    None (its arms or k's did not run); a claim survives only if every one of its criteria
+    is met."""
     long_k = [_clear_above_zero(differences, contrast_name("hsd", BASELINE), k) for k in LONG]
     controls = {c: _clear_above_zero(differences, contrast_name("hsd", c), "k=6") for c in CONTROLS}
     ran = [v for v in controls.values() if v is not None]
@@ -336,8 +379,12 @@ def verdict(differences: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "gap_grows_with_k": _clear_above_zero(differences, contrast_name("hsd", "opsd"), "slope_k"),
     }
     recovered = [c for c, v in controls.items() if v is False]
+    shrinks = differences.get(contrast_name("sdzero", BASELINE), {}).get("slope_k")
+    sdzero = {"sdzero_gain_shrinks_with_k": None if shrinks is None else shrinks["high"] < 0,
+              "sdzero_above_base": None if sdzero_over_base is None else sdzero_over_base.low > 0}
     return {**met, "controls_recovering_hsd_lead": recovered,
-            "claim_survives": None if None in met.values() else all(met.values())}
+            "claim_survives": None if None in met.values() else all(met.values()), **sdzero,
+            "sdzero_claim_survives": None if None in sdzero.values() else all(sdzero.values())}
 
 
 def markdown(analysis: dict[str, Any], arms: Sequence[str]) -> str:
@@ -356,9 +403,15 @@ def markdown(analysis: dict[str, Any], arms: Sequence[str]) -> str:
     for name, d in analysis["differences"].items():
         rows.append(f"- {name}: " + "; ".join(f"{names.get(c, c)}: {Paired(**d[c]).text()}"
                                                for c in [*columns, "slope_k"] if c in d))
+    if analysis.get("sdzero_over_base"):
+        rows.append(f"- sdzero ÷ its warm start − {1 + SDZERO_RELATIVE_GAIN:g}: "
+                    f"{Paired(**analysis['sdzero_over_base']).text()}")
     rows += ["", "Criteria (each a 95% interval clear of 0): "
              + "; ".join(f"{k}: {analysis['verdict'][k]}" for k in CRITERIA)
              + f"; claim survives: {analysis['verdict']['claim_survives']}"]
+    if "sdzero" in arms:
+        rows.append("SD-Zero's criteria: " + "; ".join(f"{k}: {analysis['verdict'][k]}" for k in SDZERO_CRITERIA)
+                    + f"; SD-Zero's claim survives: {analysis['verdict']['sdzero_claim_survives']}")
     return "\n".join(rows) + "\n"
 
 
@@ -418,10 +471,9 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
 
     e = Experiment(make_config, protocol, out, run)
     task = make_config([]).actor.task
-    srt = timed("srt", e.srt) if "sdzero" in protocol.arms else []
-    srt_gates = timed("srt_gates", lambda: [report(measure(srt_model(r), problems=protocol.alignment_problems // 4,
-                                                           reviser_path=srt_model(r), task_name=task))
-                                            for r in srt])
+    srt = timed("srt", e.srt) if any(ARMS[a].method == "sdzero" for a in protocol.arms) else []
+    srt_gates = timed("srt_gates", lambda: [report(measure(r.dir, problems=protocol.alignment_problems // 4,
+                                                           reviser_path=r.dir, task_name=task)) for r in srt])
     lrs, sweep = timed("sweep", lambda: e.sweep(srt))
     for arm in protocol.arms:
         for x in protocol.lrs:
@@ -434,7 +486,7 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
     alignment = timed("mechanism", lambda: {str(ws): credit_alignment(model, protocol.alignment_problems, task)
                                             for ws, model in enumerate(protocol.warm_starts)})
     analysis = analyse(runs, protocol.arms)
-    study, repeats = timed("staleness", lambda: e.staleness_study(lrs, runs)) if protocol.staleness else ([], [])
+    study, repeats = timed("staleness", lambda: e.staleness_study(lrs, runs, srt)) if protocol.staleness else ([], [])
     staleness = analyse_staleness(study, repeats, [a for a in protocol.staleness_arms if a in protocol.arms],
                                   protocol.staleness) if study else None
     results = {"protocol": asdict(protocol), "lrs": lrs, "sweep": [asdict(r) for r in sweep],

@@ -50,6 +50,21 @@ class RunResult:
         return {self.samples_before + step * self.samples_per_step: a for step, a in self.accuracy_by_step.items()}
 
 
+@dataclass
+class SRTRun:
+    """SD-Zero's phase 1 on one warm start (:func:`learner.srt_phase.srt_phase`)."""
+
+    warm_start: int
+    dir: str  # the SRT model, a Hugging Face folder: sdzero's student and teacher
+    samples: dict[str, int]  # attempts, revisions: what sdzero's budget counts of the phase
+    weights_sha256: str
+    report: dict[str, Any]  # its srt.json: the dataset's sizes, the stages' losses
+
+    @property
+    def total_samples(self) -> int:
+        return sum(self.samples.values())
+
+
 def asynchrony(run_dir: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The asynchrony fields of :class:`RunResult` from a run's summary, ``metrics.jsonl``
     and last checkpoint (what a run did not write stays None / empty)."""

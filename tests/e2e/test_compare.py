@@ -1,5 +1,5 @@
 """`hsd compare --quick`: the whole protocol as a user runs it, at its smallest size — SD-Zero's
-SRT phase, then sdzero from its checkpoint with the reference's phase-2 settings, GRPO,
+phase 1 (collection, stage 1, stage 2), then sdzero from its model with the reference's phase-2 settings, GRPO,
 GRPO + KL to θ0 and HSD with a placebo peer paired with it over two seeds, the mechanism
 measurement, the analysis and its files."""
 
@@ -33,9 +33,11 @@ def test_quick_compare_runs_srt_then_the_arms_paired_with_grpo(tmp_path):
     assert sum(c["problems"] for c in coverage.values()) == 32
     assert all(1 <= c["distinct"] <= c["problems"] for c in coverage.values())
 
-    (srt,) = results["srt"]
-    assert srt["method"] == "srt" and srt["samples"]["attempts"] == 8  # 1 step × 2 groups × 4
-    srt_model = sorted(Path(srt["dir"], "checkpoints").glob("step-*"))[-1] / "model"
+    (srt,) = results["srt"]  # SD-Zero's phase 1: 8 verified revisions, stage 2 4 of them, stage 1 the rest
+    assert srt["report"]["stage2"]["examples"] == 4 and srt["report"]["stage1"]["examples"] == 4
+    assert srt["samples"]["attempts"] == srt["report"]["collected"]["attempts"] > 0
+    srt_model = Path(srt["dir"])
+    assert (srt_model / "model.safetensors").exists()
     g4 = {g["name"]: g for g in results["srt_gates"][0]["gates"]}["G4 reviser > fresh"]
     assert g4["value"] is not None  # measured on the SRT model's own failed attempts
 
@@ -55,6 +57,7 @@ def test_quick_compare_runs_srt_then_the_arms_paired_with_grpo(tmp_path):
             assert (a["loss"], a["topk"], a["topk_alpha"], a["advantage"], a["teacher"]) == \
                 ("topk", 64, 0.5, "none", "frozen")
             assert r["samples_before"] == srt["samples"]["attempts"] + srt["samples"]["revisions"] > 8
+            assert r["samples_before"] == srt["report"]["collected"]["samples"]
         else:
             assert r["samples_before"] == 0
 

@@ -80,7 +80,7 @@ def test_a_planted_pickle_is_refused_even_with_forged_digests(saved, tmp_path):
     with (second / "rng.pt").open("wb") as f:
         pickle.dump(_RunsCode(marker), f)
     meta = json.loads((second / "meta.json").read_text())
-    meta["files"]["rng.pt"] = ckpt._sha256(second / "rng.pt")  # the attacker can write meta.json too
+    meta["files"]["rng.pt"] = ckpt.file_sha256(second / "rng.pt")  # the attacker can write meta.json too
     (second / "meta.json").write_text(json.dumps(meta))
     assert ckpt.latest(root) == second
     with pytest.raises(pickle.UnpicklingError):

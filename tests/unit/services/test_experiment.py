@@ -5,13 +5,14 @@ verdict, and every arm's own lr sweep."""
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.apps.arms import ARMS, SRT_PHASE, contrasts
+from services.apps.arms import ARMS, contrasts
 from services.apps.experiment import analyse, best_lr, markdown, verdict
 from services.apps.paired import Paired, paired, slope, t_quantile
 from services.apps.run_result import RunResult
@@ -117,6 +118,26 @@ def test_verdict_applies_the_stated_criteria(changes, survives, recovering):
     assert verdict(missing)["claim_survives"] is None  # an arm that did not run decides nothing
 
 
+@pytest.mark.parametrize(("k1_gain", "final", "shrinks", "above"), [
+    (0.20, 0.62, True, True),  # its gain is largest at k = 1, and 0.62 / 0.5 is 24% over the base
+    (0.00, 0.62, False, True),  # as large at k = 6 as at k = 1
+    (0.20, 0.53, True, False),  # 6% over the base model
+])
+def test_sdzero_s_criteria_read_its_gain_over_k_and_over_the_base_model(k1_gain, final, shrinks, above):
+    runs = []
+    for seed in range(4):
+        noise = 0.004 * seed
+        runs += [_run("grpo", 0, seed, 0.58, 0.30 + noise, k1=0.70),
+                 _run("sdzero", 0, seed, final + noise, 0.32 + noise, k1=0.72 + k1_gain + noise)]
+    a = analyse(runs, ["grpo", "sdzero"])
+    v = a["verdict"]
+    assert (v["sdzero_gain_shrinks_with_k"], v["sdzero_above_base"]) == (shrinks, above)
+    assert v["sdzero_claim_survives"] == (shrinks and above)
+    assert a["sdzero_over_base"]["mean"] == pytest.approx(statistics.fmean(
+        (final + 0.004 * s) / 0.5 - 1.1 for s in range(4)))
+    assert "SD-Zero's claim survives" in markdown(a, ["grpo", "sdzero"])
+
+
 def test_paired_text_names_the_interval():
     assert Paired(10, 0.031, 0.01, 0.008, 0.054).text() == "+0.031 ± 0.010 (95% CI +0.008 … +0.054, n = 10)"
 
@@ -134,13 +155,12 @@ def test_every_arm_sweeps_its_own_lr_by_the_same_rule_and_the_grid_pairs_the_arm
         return c
 
     ran = []
-    best = {"grpo": 3e-4, "hsd-placebo": 2e-4, "grpo-kl0.1": 1e-4, "srt": 1e-4}  # the best mean of each arm
+    best = {"grpo": 3e-4, "hsd-placebo": 2e-4, "grpo-kl0.1": 1e-4}  # the best mean of each arm
 
     def run(c):
         a = c.algorithm
-        arm = "srt" if a.method == "srt" else "hsd-placebo" if a.peer_source == "placebo" \
-            else "grpo-kl0.1" if a.kl_coef == 0.1 else "grpo"
-        assert a.method == ARMS.get(arm, SRT_PHASE).method and (arm != "hsd-placebo" or a.teacher == "frozen")
+        arm = "hsd-placebo" if a.peer_source == "placebo" else "grpo-kl0.1" if a.kl_coef == 0.1 else "grpo"
+        assert a.method == ARMS[arm].method and (arm != "hsd-placebo" or a.teacher == "frozen")
         ran.append((arm, c.learner.lr, c.run.seed, c.model.path))
         assert c.model.max_response_tokens == 160  # every run: the budget an SRT model's stream needs
         # grpo's best mean (3e-4) has a run that ends below its start (0.5): it is out
@@ -156,8 +176,6 @@ def test_every_arm_sweeps_its_own_lr_by_the_same_rule_and_the_grid_pairs_the_arm
     assert len(sweep) == 3 * 3 * 2 * 2 and {r.seed for r in sweep} == set(p.sweep_seeds)
     assert {(arm, path, lr_) for arm, lr_, _, path in ran} == {
         (arm, w, x) for arm in p.arms for w in ("ws-a", "ws-b") for x in p.lrs}
-    (srt,) = [Experiment(make_config, replace(p, warm_starts=("ws-a",)), tmp_path, run).srt()]
-    assert [(r.arm, r.method, r.lr) for r in srt] == [("srt", "srt", p.srt_lr)]
     del ran[:]
     runs = e.grid(lrs, srt=[])
     assert sorted((r.arm, r.warm_start, r.seed) for r in runs) == \
@@ -233,7 +251,7 @@ def test_the_staleness_study_reuses_the_grid_s_runs_at_their_eta_and_repeats_eta
     eta = grid[0].max_staleness  # the config's η
     assert eta == 1
     del ran[:]
-    study, repeats = e.staleness_study(dict.fromkeys(p.arms, 1e-4), grid)
+    study, repeats = e.staleness_study(dict.fromkeys(p.arms, 1e-4), grid, srt=[])
     # η = 1 comes from the grid; 0 and 4 are run for grpo and hsd (opsd is not in the study)
     assert sorted((m, s, seed) for m, s, seed, _ in ran[:-2]) == sorted(
         (m, s, seed) for m in ("grpo", "hsd") for s in (0, 4) for seed in (0, 1))
@@ -315,11 +333,50 @@ def test_a_comparison_goes_on_from_its_ledger_alone_and_reruns_sdzero_from_other
     assert Experiment(make_config, p, tmp_path / "b", run).ledger.keys() == {r.name for r in first}
     del ran[4:]
 
-    e = Experiment(make_config, p, tmp_path / "b", run)
-    e._one("srt-ws0", SRT_PHASE, 0, 0, 1e-4, 8, staleness=0)
-    e._one("srt-ws0", SRT_PHASE, 0, 0, 1e-4, 8, staleness=0)
-    assert ran[4:] == ["srt-ws0", "srt-ws0"]  # no checkpoints in its dir: sdzero could not start from it
     for sha, runs in (("w1", 1), ("w1", 1), ("w2", 2)):
         Experiment(make_config, p, tmp_path / "b", run)._one(
             "sdzero-ws0-seed0", ARMS["sdzero"], 0, 0, 1e-4, 12, model=str(tmp_path / "b" / "srt"), model_sha256=sha)
-        assert ran[6:].count("sdzero-ws0-seed0") == runs
+        assert ran[4:].count("sdzero-ws0-seed0") == runs
+
+
+def test_the_srt_phase_is_reused_with_its_settings_and_equal_samples_lengthen_the_other_arms(tmp_path):
+    """SD-Zero's phase 1 runs once per warm start (seeded by its index) and again only when
+    a setting changes; with equal_samples every arm not starting from its model runs as
+    many more steps as the phase's samples fill, and sdzero counts them before its own."""
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    phases, ran = [], []
+
+    def srt_phase(model_in, out, task, **settings):
+        phases.append((model_in, settings["seed"], settings["target"]))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "model.safetensors").write_text(f"{model_in} {settings}")
+        report = {"model_in": model_in, "task": task, **settings,
+                  "collected": {"attempts": 150, "revisions_sampled": 60, "samples": 210}}
+        (Path(out) / "srt.json").write_text(json.dumps(report))
+        return report
+
+    def run(c):
+        ran.append((c.run.name, c.run.steps, c.model.path))
+        return {"eval_accuracy_by_step": {"0": 0.5, str(c.run.steps): 0.6}}
+
+    p = Protocol(warm_starts=("ws-a", "ws-b"), arms=("grpo", "sdzero"), seeds=1, staleness=(), equal_samples=True)
+    srt = Experiment(make_config, p, tmp_path, run, srt_phase).srt()
+    assert phases == [("ws-a", 0, 1000), ("ws-b", 1, 1000)] and srt[1].total_samples == 210
+    assert Experiment(make_config, p, tmp_path, run, srt_phase).srt() == srt and len(phases) == 2  # reused
+    Experiment(make_config, replace(p, srt_target=500), tmp_path, run, srt_phase).srt()
+    assert phases[2:] == [("ws-a", 0, 500), ("ws-b", 1, 500)]
+    srt = Experiment(make_config, p, tmp_path, run, srt_phase).srt()
+    runs = {r.name: r for r in Experiment(make_config, p, tmp_path, run, srt_phase).grid(
+        {"grpo": 1e-4, "sdzero": 1e-4}, srt)}
+    steps = {name: (n, model) for name, n, model in ran}
+    per_step = make_config([]).learner.batch_groups * make_config([]).actor.group_size
+    assert steps["grpo-ws1-seed0"] == (12 + -(-210 // per_step), "ws-b")  # the steps 210 samples fill
+    assert steps["sdzero-ws1-seed0"] == (12, srt[1].dir) and runs["sdzero-ws1-seed0"].samples_before == 210
