@@ -133,11 +133,17 @@ class LearnerConfig(_Section):
     max_staleness: Annotated[int, Field(ge=0)] = 1
     """η: groups sampled more than η versions ago are dropped (stale)"""
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-5
-    """AdamW learning rate (constant)"""
+    """AdamW's peak learning rate (lr_schedule shapes it over the steps)"""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """after the warmup: constant, or a linear or cosine decay to 0 at schedule_steps"""
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    """optimiser steps of linear warmup from lr/warmup_steps to lr"""
+    schedule_steps: Annotated[int | None, Field(ge=1)] = None
+    """the step where a decay reaches 0; unset: run.steps (set it when a resumed run changes --steps)"""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """AdamW weight decay"""
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
-    """gradient norm clipping threshold"""
+    """the global gradient norm is clipped to this before each optimiser step"""
     epochs: Annotated[int, Field(ge=1)] = 1
     """optimiser passes over each batch (the PPO clip applies from the second)"""
     microbatch_tokens: Annotated[int, Field(ge=1)] = 8192
@@ -162,6 +168,8 @@ class LearnerConfig(_Section):
     """torch.compile the backbone for the cache-free passes (engine torch, head route)"""
     checkpoint_every: Annotated[int, Field(ge=0)] = 20
     """steps between checkpoints (rollouts are acknowledged with them); 0: none"""
+    keep_checkpoints: Annotated[int, Field(ge=1, json_schema_extra=LOCAL)] = 3
+    """checkpoints kept in RUN_DIR/checkpoints (the oldest go first; each holds weights + optimiser)"""
     credit_log_every: Annotated[int, Field(ge=0)] = 5
     """steps between credit.jsonl records (δ_t per token of each sample); 0: none"""
     eval_every: Annotated[int, Field(ge=0)] = 0
@@ -193,7 +201,7 @@ class LearnerConfig(_Section):
 class AlgorithmConfig(_Section):
     # one module each in methods/ (their defaults and checks: methods.configure)
     method: Literal["grpo", "hsd", "sdzero", "opsd", "srt", "rft"] = "hsd"
-    """grpo, hsd, opsd, sdzero, srt or rft (one module each in methods/; their defaults: README)"""
+    """grpo, hsd, opsd, sdzero, srt or rft (one module each in methods/; its defaults: the module's Method.defaults)"""
     advantage: Literal["grpo", "dr_grpo", "none"] = "grpo"
     """outcome advantage A_i: grpo ((r − mean)/std), dr_grpo (r − mean) or none"""
     loss: Literal["sampled", "topk"] = "sampled"
@@ -217,9 +225,9 @@ class AlgorithmConfig(_Section):
     # which samples get a teacher view; each method's paper sets it (methods.configure): HSD
     # re-scores failed attempts, OPSD and SD-Zero every sample
     distill: Literal["failed", "all"] = "all"
-    """which samples the teacher re-scores: failed or all (the method's default: README)"""
+    """which samples the teacher re-scores: failed or all (the method's default: Method.defaults)"""
     # what stands in HSD's context for the in-group peer: the ablations that tell hindsight
-    # from a target (README, Method comparison)
+    # from a target (docs/method-comparison.md)
     peer_source: Literal["group", "placebo", "reference"] = "group"
     """HSD's peer: group (a success of the same group), placebo (another prompt's) or reference"""
     kl_coef: Annotated[float, Field(ge=0)] = 0.0
@@ -299,6 +307,47 @@ class WeightsConfig(_Section):
         return self
 
 
+class DataConfig(_Section):
+    # read with actor.task = "data" (core.tasks.data); checked when the config is read
+    train: str | None = None
+    """your training problems: a .jsonl/.json/.csv/.parquet file, a datasets save_to_disk folder or hf:OWNER/NAME"""
+    eval: str | None = None
+    """held-out problems in the same forms; unset: eval_fraction of train is held out"""
+    subset: str | None = None
+    """the hub dataset's configuration name (load_dataset's second argument, e.g. "main")"""
+    train_split: str = "train"
+    """the split of train where it has several (a DatasetDict folder or a hub dataset)"""
+    eval_split: str = "test"
+    """the split of eval where it has several"""
+    eval_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """share of train held out (a fixed draw) when eval is unset; 0: none"""
+    id_field: str | None = "id"
+    """a row's stable id (the peer bank's key); rows without it are numbered"""
+    prompt_field: str = "prompt"
+    """the row field holding the prompt: a string, or chat messages ({role, content} objects)"""
+    answer_field: str = "answer"
+    """the row field holding the reference answer"""
+    answer_pattern: str | None = None
+    """a regex whose first group is the answer within answer_field (GSM8K: "####\\s*(.+)$")"""
+    solution_field: str | None = "solution"
+    """the row field holding a reference solution, where rows have one"""
+    prompt_template: str = "{prompt}"
+    """the prompt the policy sees: {prompt} and any {field} of the row (a string prompt field)"""
+    reward: str = "math"
+    """math (math-verify), code (tests in the sandbox), final-answer (#### integer) or MODULE:FUNCTION"""
+    reward_sandboxed: bool = False
+    """run the MODULE:FUNCTION reward in the generated-code sandbox (a stdlib-only single file)"""
+    success_reward: float = 1.0
+    """a plug-in's numeric reward at or above this is a success (HSD's peers)"""
+
+    @model_validator(mode="after")
+    def _sources_are_readable(self) -> DataConfig:
+        from core.tasks.data import check_source
+
+        check_source(self)
+        return self
+
+
 class MetricsConfig(_Section):
     enabled: Annotated[bool, Field(json_schema_extra=LOCAL)] = True
     """serve /metrics and /healthz"""
@@ -323,27 +372,45 @@ class Config(_Section):
     algorithm: AlgorithmConfig = AlgorithmConfig()
     weights: WeightsConfig = WeightsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    data: DataConfig = DataConfig()
+
+    @model_validator(mode="after")
+    def _data_is_read(self) -> Config:
+        if (self.actor.task == "data") != (self.data.train is not None):
+            raise ValueError("data.train: unset, and actor.task = 'data' reads its problems from it"
+                             if self.data.train is None else
+                             f"data.train: set, but actor.task is {self.actor.task!r}: set actor.task = 'data'")
+        return self
 
 
 SECTIONS = tuple(Config.model_fields)
 
 
-def _set_path(tree: dict[str, Any], path: str, value: Any, origin: str) -> None:
+def _set_path(tree: dict[str, Any], path: str, text: str, origin: str) -> None:
     parts = path.split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"{origin}: {path!r} is not of the form section.field")
     section, field = parts
     if section not in SECTIONS:
         raise ConfigError(f"{origin}: unknown section {section!r} (sections: {', '.join(SECTIONS)})")
-    tree.setdefault(section, {})[field] = value
+    tree.setdefault(section, {})[field] = _parse_value(section, field, text)
 
 
-def _parse_scalar(text: str) -> Any:
-    """A flag or env value: a TOML literal when it is one (1e-5, true, "x"), else the string."""
+def _is_string_field(section: str, field: str) -> bool:
+    info = Config.model_fields[section].annotation.model_fields.get(field)
+    if info is None:
+        return False  # unknown: validation names it
+    return [a for a in get_args(info.annotation) if a is not type(None)] == [str] or info.annotation is str
+
+
+def _parse_value(section: str, field: str, text: str) -> Any:
+    """A flag or env value: a TOML literal when it is one (1e-5, true, "x"), else the
+    string; a string field keeps the text of an unquoted number or boolean (run.name=2024)."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    return text if not isinstance(value, str) and _is_string_field(section, field) else value
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -359,7 +426,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                               f"underscores (HSD_{section.upper()}__{rest[len(section) + 1:].upper()})")
         if key.startswith(ENV_PREFIX) and "__" in key:
             path = key[len(ENV_PREFIX) :].lower().replace("__", ".", 1)
-            _set_path(tree, path, _parse_scalar(text), f"environment variable {key}")
+            _set_path(tree, path, text, f"environment variable {key}")
     return tree
 
 
@@ -370,7 +437,7 @@ def flag_overrides(assignments: Iterable[str]) -> dict[str, Any]:
         path, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected section.field=value")
-        _set_path(tree, path.strip(), _parse_scalar(text.strip()), f"--set {item!r}")
+        _set_path(tree, path.strip(), text.strip(), f"--set {item!r}")
     return tree
 
 
@@ -391,7 +458,11 @@ def _format_errors(err: ValidationError) -> str:
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         if isinstance(e.get("input"), Mapping):
             got = ""
-        lines.append(f"  {path}: {e['msg']}{got}")
+        message = e["msg"].removeprefix("Value error, ")
+        if isinstance(e.get("input"), Mapping) and message.startswith(f"{'' if path == '<root>' else path + '.'}"):
+            lines.append(f"  {message}")  # a section's own check, whose message names the field
+        else:
+            lines.append(f"  {path}: {message}{got}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 

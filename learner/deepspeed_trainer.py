@@ -7,6 +7,7 @@ other rank only follows it. Each collective method below is called by rank 0, wh
 broadcasts the call, and by the followers from :meth:`DeepSpeedTrainer.follow`::
 
     rank 0 (Learner)                         ranks 1..N-1 (follow)
+    trainer.set_lr(lr)           ──bcast──▶  set_lr(lr)              the schedule's lr
     trainer.train_step(samples)  ──bcast──▶  train_step(samples)     same batch, own shard
     trainer.full_state_dict()    ──bcast──▶  full_state_dict()       ZeRO-3: gathered to rank 0
     trainer.save_state(dir)      ──bcast──▶  save_state(dir)         each writes its partition
@@ -124,6 +125,10 @@ class DeepSpeedTrainer(TorchTrainer):
             if name == "close":
                 return
             getattr(self, name)(*args)
+
+    def set_lr(self, lr: float) -> None:
+        self._lead("set_lr", lr)
+        super().set_lr(lr)
 
     def train_step(self, samples: Sequence[TrainingSample]):
         self._lead("train_step", list(samples))

@@ -41,6 +41,7 @@ from learner import checkpoint as ckpt
 from learner.batch import ReferencePeers, build_samples, peer_is_reference, with_peer_source
 from learner.curves import check_available, curve_sinks
 from learner.engines import make_trainer
+from learner.lr_schedule import lr_factor
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
 from learner.step_log import StepLog
 from learner.trainer import StepResult
@@ -115,10 +116,9 @@ class Learner:
         self.reference_peers = ReferencePeers(self._task(), self.tokenizer) if self.method.reads_peer else None
 
     def _task(self):
-        from core.tasks import make_task
+        from core.tasks import configured_task
 
-        return make_task(self.config.actor.task, timeout_s=self.config.actor.verifier_timeout_s,
-                         allow_unsandboxed=self.config.actor.allow_unsandboxed_code)
+        return configured_task(self.config)
 
     def _task_prompts(self):
         task = self._task()
@@ -238,6 +238,11 @@ class Learner:
 
     # ------------------------------------------------------------------ one step
 
+    def lr(self) -> float:
+        """The lr of the step after ``self.step`` steps (learner.lr_schedule)."""
+        c = self.config.learner
+        return c.lr * lr_factor(self.step, c.lr_schedule, c.warmup_steps, c.schedule_steps or self.config.run.steps)
+
     def train(self, batch: list[TaggedGroup]) -> StepResult | None:
         """One step on ``batch``; None when no group of it was usable (nothing trained)."""
         unusable: set[bytes] = set()  # entry ids
@@ -254,9 +259,11 @@ class Learner:
         batch = [t for t in batch if t.entry_id not in unusable]
         if not batch:
             return None
+        self.trainer.set_lr(self.lr())
         result = self.trainer.train_step(samples)
         # the batch's rollouts, not its training samples (srt trains on revisions of wrong attempts only)
         result.metrics["reward_mean"] = statistics.fmean(s.reward for t in batch for s in t.group.samples)
+        result.metrics["lr"] = self.lr()
         self.step += 1
         self.version += 1
         self.client.hset(self.keys.state, "version", self.version)  # before any actor can see it
@@ -284,7 +291,7 @@ class Learner:
         committed = [[t.entry_id.decode(), t.group.group_id] for t in self.unacked]
         ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, config_hash(self.config),
                                                      shared_view(self.config), committed),
-                  self.trainer, self.tokenizer)
+                  self.trainer, self.tokenizer, keep=self.config.learner.keep_checkpoints)
         self.replay.commit(self.unacked)
         self.unacked = []
 
@@ -296,7 +303,7 @@ class Learner:
         self.metrics.loss.set(m["loss"])
         self.metrics.grad_norm.set(m["grad_norm"])
         self.metrics.entropy.set(m["entropy"])
-        self.metrics.learning_rate.set(self.config.learner.lr)  # constant: no schedule
+        self.metrics.learning_rate.set(result.metrics["lr"])
         lengths = [s.ids.size for t in batch for s in t.group.samples]
         self.metrics.response_tokens.set(statistics.fmean(lengths) if lengths else 0.0)
         self.metrics.importance_ratio.observe(m["rho_mean"])

@@ -54,6 +54,7 @@ from core.tasks import make_task
 from core.tasks.base import Task
 from learner.curricula import Example
 from learner.gates import ATTEMPT_TOKENS
+from learner.lr_schedule import lr_factor
 from learner.warm_start import supervised_step
 from methods.sdzero import reviser_context
 from methods.srt import srt_generation_input, srt_input
@@ -152,14 +153,7 @@ def warmup_cosine(total_steps: int, warmup_ratio: float = 0.05):
     steps, then a cosine decay to 0 (the reference's ``lr_scheduler_type = cosine`` with
     ``warmup_ratio``)."""
     warmup = max(1, math.ceil(total_steps * warmup_ratio))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+    return lambda step: lr_factor(step, "cosine", warmup, total_steps)
 
 
 @dataclass

@@ -171,6 +171,11 @@ class TorchTrainer:
         self.model.zero_grad(set_to_none=True)
         self.optimizer.zero_grad(set_to_none=True)
 
+    def set_lr(self, lr: float) -> None:
+        """The lr of the next optimiser step (learner.lr_schedule)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def optimizer_step(self) -> float:
         """Clip, step; the gradient norm before clipping."""
         if self.masters:

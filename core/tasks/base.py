@@ -47,6 +47,16 @@ def score_final_answer(completion: str, answer: str) -> Score:
     return Score(float(ok), ok)
 
 
+def held_out(ids: Iterable[str], fraction: float) -> set[str]:
+    """A fixed ``fraction`` of ``ids`` (at least one where the fraction is above 0), the
+    same for every process and every order the ids come in."""
+    order = sorted(ids)
+    if fraction <= 0 or not order:
+        return set()
+    random.Random(0).shuffle(order)
+    return set(order[: max(1, int(len(order) * fraction))])
+
+
 class Task(ABC):
     name: str
 

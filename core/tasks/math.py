@@ -11,12 +11,11 @@ import concurrent.futures as cf
 import importlib.util
 import json
 import logging
-import random
 import re
 from pathlib import Path
 from typing import Any
 
-from core.tasks.base import IndexedTask, Problem, Score
+from core.tasks.base import IndexedTask, Problem, Score, held_out
 
 HASHES = re.compile(r"####\s*([^\n]+)")
 # We turn math-verify's signal-based timeouts off on purpose (see above); its warning
@@ -63,9 +62,7 @@ def math_task(rows: list[dict[str, Any]], name: str = "math", timeout_s: float =
     random 10% is held out."""
     problems = [Problem(str(row.get("id", i)), row.get("prompt") or row["question"], str(row["answer"]),
                         reference=row.get("solution")) for i, row in enumerate(rows)]
-    ids = sorted(p.prompt_id for p in problems)
-    random.Random(0).shuffle(ids)
-    return IndexedTask(name, problems, MathVerifier(timeout_s), set(ids[: max(1, len(ids) // 10)]))
+    return IndexedTask(name, problems, MathVerifier(timeout_s), held_out((p.prompt_id for p in problems), 0.1))
 
 
 def jsonl_math_task(path: str | Path, timeout_s: float = 10.0) -> IndexedTask:

@@ -84,8 +84,17 @@ def _join_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
     extra: dict[str, Any] = {}
     if args.join:
-        endpoints = json.loads((Path(args.join) / "endpoints.json").read_text())
-        extra = {"redis": {"url": endpoints["redis"]}, "run": {"name": endpoints["run"]}}
+        from core.config import ConfigError
+
+        path = Path(args.join) / "endpoints.json"
+        try:
+            endpoints = json.loads(path.read_text())
+            extra = {"redis": {"url": endpoints["redis"]}, "run": {"name": endpoints["run"]}}
+        except FileNotFoundError:
+            raise ConfigError(f"--join {args.join}: no {path.name} there (the dir of a running `hsd run`)") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"--join {args.join}: {path} is not a run's endpoints ({type(err).__name__}: "
+                              f"{err})") from None
         if endpoints.get("config"):
             args.config = args.config or endpoints["config"]
     if args.redis_url:
@@ -110,14 +119,13 @@ def cmd_actor(args: argparse.Namespace) -> int:
 
     from actors.actor import Actor, JoinRefused
     from core.engines import make_engine
-    from core.tasks import make_task
+    from core.tasks import configured_task
     from learner.tiny_model import resolve_model
 
     engine = make_engine(config.actor.engine, resolve_model(config.model.path), dtype=config.model.dtype,
                          trust_remote_code=config.model.trust_remote_code, max_model_len=config.actor.vllm_max_model_len,
                          gpu_memory_utilization=config.actor.vllm_gpu_memory_utilization)
-    task = make_task(config.actor.task, timeout_s=config.actor.verifier_timeout_s,
-                     allow_unsandboxed=config.actor.allow_unsandboxed_code)
+    task = configured_task(config)
     actor = Actor(config, _redis(config), engine, task, actor_id=args.actor_id)
     metrics = _serve_metrics(config, actor.readiness, args.metrics_file)
     if metrics:  # so that `hsd top` shows actors that joined after the run started
@@ -275,7 +283,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if trained is not None:
         print(f"trained model (a Hugging Face folder): {trained / 'model'}")
         print(f"next: `hsd credit --model {trained / 'model'} --prompt P --response R --peer Y` to see its credit, "
-              "`hsd compare` to compare the methods (README: Method comparison)")
+              "`hsd compare` to compare the methods (docs/method-comparison.md)")
     return EXIT_OK
 
 
@@ -289,7 +297,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from services.apps.arms import ARMS, BASELINE, unknown_arms
     from services.apps.experiment import FALSIFICATION, Protocol, compare, markdown
     from services.apps.launcher import Launcher
+    from services.apps.plot import pyplot
     from services.apps.staleness_study import staleness_markdown
+
+    pyplot()  # hours of runs end in figures: no matplotlib fails now, not then
 
     if args.config is None:
         from core.config import EMBEDDED_CONFIG
@@ -367,7 +378,7 @@ def _compare_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
     p.add_argument("--quick", action="store_true",
                    help="the whole pipeline at its smallest size (1 warm start, 2 seeds, 1 step; for tests)")
-    p.add_argument("--arms", help="comma-separated, grpo included (default: every arm; README: Method comparison)")
+    p.add_argument("--arms", help="comma-separated, grpo included (default: every arm; docs/method-comparison.md)")
     p.add_argument("--warm-starts", help="comma-separated models, one per warm-start seed (default: the task's shipped "
                    "ones, tiny,tiny-seed2 on chain; other tasks must name them)")
     p.add_argument("--seeds", type=int, help="RL seeds per warm start (default 5)")

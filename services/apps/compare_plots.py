@@ -9,20 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from services.apps.paired import Paired, mean_se
+from services.apps.plot import pyplot
 from services.apps.run_result import RunResult
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_accuracy(runs: list[RunResult], arms: Sequence[str], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for m in arms:
         mine = [r for r in runs if r.arm == m]
@@ -45,7 +37,7 @@ def plot_accuracy(runs: list[RunResult], arms: Sequence[str], path: Path) -> Non
 
 def plot_alignment(alignments: list[dict[str, Any]], path: Path) -> None:
     """One panel per k: mean |δ| of each teacher at each offset from the mistake."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(alignments), figsize=(5.5 * len(alignments), 4), sharey=True, squeeze=False)
     for ax, a in zip(axes[0], alignments, strict=True):
         for teacher, label in (("hsd", "HSD (peer in context)"), ("opsd", "OPSD (answer in context)")):
@@ -70,7 +62,7 @@ COLUMNS = ("final", "k=1", "k=2", "k=4", "k=6")
 def plot_forest(differences: dict[str, dict[str, Any]], names: Sequence[str], path: Path) -> None:
     """One panel per column (all k, then each k): each named difference's paired mean with
     its 95% t interval, a line at 0. An interval clear of the line is resolved."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = [c for c in COLUMNS if any(c in differences.get(n, {}) for n in names)]
     fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns) + 2.2, 0.42 * len(names) + 1.6),
                              sharey=True, squeeze=False)
@@ -100,7 +92,7 @@ def plot_staleness(runs: Sequence[RunResult], etas: Sequence[int], path: Path) -
     """Left: final held-out accuracy against η per arm (mean ± SE over pairs). Right:
     held-out accuracy against wall-clock seconds since the first evaluation, one line per
     (arm, η), both averaged over pairs at each evaluation step."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     arms = sorted({r.arm for r in runs})
     for arm in arms:

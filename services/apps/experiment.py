@@ -60,7 +60,7 @@ from services.apps.staleness_study import analyse_staleness, staleness_markdown
 log = logging.getLogger(__name__)
 OFFSETS = range(-6, 9)  # token offsets from the mistake in the credit-alignment plot
 LONG = ("k=4", "k=6")  # the chain lengths where the claim lives (the answer says nothing of the path)
-# stated before any result (README): each criterion is a 95% paired interval clear of 0
+# stated before any result (docs/method-comparison.md): each criterion is a 95% paired interval clear of 0
 CRITERIA = {
     "hsd_above_grpo": "HSD − GRPO above 0 at k = 4 and at k = 6",
     "controls_below_hsd": "HSD − each control (GRPO + KL to θ0 at β = 0.01 and 0.1, HSD with a placebo peer) "
@@ -69,7 +69,7 @@ CRITERIA = {
     "gap_grows_with_k": "the slope over k of HSD − OPSD above 0 (a per-pair regression on k, not two points)",
 }
 FALSIFICATION = "; ".join(f"not ({c})" for c in CRITERIA.values()) + " (any one falsifies the claim)"
-# SD-Zero's, stated before its run (README), read where sdzero and grpo ran
+# SD-Zero's, stated before its run (docs/method-comparison.md), read where sdzero and grpo ran
 SDZERO_RELATIVE_GAIN = 0.10
 SDZERO_CRITERIA = {
     "sdzero_gain_shrinks_with_k": "the slope over k of SD-Zero − GRPO below 0: SD-Zero's gain over GRPO is "
@@ -92,7 +92,7 @@ class Protocol:
     srt_target: int = 1000  # verified revisions SD-Zero's phase 1 collects (the reference: 6,000 for a 4B model)
     srt_stage2: int = 200  # of them, stage 2's quota (the reference: 1,000); stage 1 takes the rest
     srt_epochs: int = 3  # a stage (the reference's)
-    srt_lr: float = 1e-4  # supervised; 3e-4 lowered the student and the reviser (README)
+    srt_lr: float = 1e-4  # supervised; 3e-4 lowered the student and the reviser (docs/method-comparison.md)
     equal_samples: bool = False  # every arm not starting from the SRT model runs its phase's samples longer
     max_response_tokens: int = 160
     alignment_problems: int = 512

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.step_log import FILE, read
+from services.errors import StartupError
 
 PANELS = (  # (title, [(metric, label)])
     ("reward (the batch's rollouts)", [("reward_mean", "mean reward")]),
@@ -29,12 +30,20 @@ def load(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [r for r in records if r.get("kind") == "step"], [r for r in records if r.get("kind") == "eval"]
 
 
-def plot(run_dir: Path, out: Path) -> Path:
-    import matplotlib
-
+def pyplot():
+    """matplotlib's pyplot on the file backend; without matplotlib a one-line StartupError."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise StartupError("the figures need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(run_dir: Path, out: Path) -> Path:
+    plt = pyplot()
     steps, evals = load(run_dir)
     fig, axes = plt.subplots(3, 3, figsize=(15, 10))
     ax = axes[0][0]

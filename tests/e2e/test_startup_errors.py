@@ -58,3 +58,22 @@ def test_hsd_run_passes_on_the_failing_process_line(busy_port, tmp_path):
     out = _hsd("run", "--run-dir", str(tmp_path / "run"), "--set", f"weights.port={busy_port}", "--steps", "1")
     line = _one_line_exit_2(out, "run", "learner exited with 2 while starting", "weights.port:", "learner.log")
     assert str(tmp_path / "run" / "learner.log") in line
+
+
+@pytest.mark.parametrize("endpoints", [None, "{not json", '{"run": "hsd"}'])
+def test_an_actor_joining_a_dir_that_holds_no_run(tmp_path, endpoints):
+    if endpoints is not None:
+        (tmp_path / "endpoints.json").write_text(endpoints)
+    _one_line_exit_2(_hsd("actor", "--join", str(tmp_path)), "actor", f"--join {tmp_path}:",
+                     "no endpoints.json there" if endpoints is None else "is not a run's endpoints")
+
+
+def test_plot_and_compare_without_matplotlib_say_so(tmp_path):
+    """matplotlib hidden from the interpreter (a None entry in sys.modules fails its import)."""
+    (tmp_path / "metrics.jsonl").write_text("")
+    for command in (["plot", str(tmp_path)], ["compare", "--quick", "--out", str(tmp_path / "cmp")]):
+        out = subprocess.run([sys.executable, "-c", "import sys; sys.modules['matplotlib'] = None; "
+                              "from services.apps.cli import main; sys.exit(main(sys.argv[1:]))", *command],
+                             capture_output=True, text=True, timeout=120)
+        _one_line_exit_2(out, command[0], "the figures need matplotlib: pip install matplotlib")
+    assert not (tmp_path / "cmp").exists()  # compare stopped before any run

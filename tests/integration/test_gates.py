@@ -27,7 +27,7 @@ def test_the_shipped_model_passes_the_gates_before_any_rl():
 def test_the_any_order_models_successes_mostly_take_another_path_than_the_reference(model):
     gates = {g.name: g for g in measure(resolve_model(model), task_name="chain-any")}
     # every gate but G3 over all failed samples (0.30 on the first): a sample that takes
-    # another order than its peer draws HSD's credit at the departure (README: the
+    # another order than its peer draws HSD's credit at the departure (docs/tasks.md: the
     # any-order chain)
     for name in ("G0 several paths", "G1 peer reproduced", "G1 p(peer) gain", "G1 re-synchronises",
                  "G2 OPSD/HSD |δ|", "G3 on the peer's path"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import msgpack
 import numpy as np
@@ -108,22 +109,30 @@ def test_resume_and_crash_recovery_end_with_the_uninterrupted_weights(client, ti
         for g in groups:
             publish_group(client, Keys(run), RolloutGroup(**{**g.__dict__, "run": run}))
 
-    # uninterrupted: 4 steps
+    # uninterrupted: 4 steps, the lr warmed up over 2, then a cosine over the other 2: the
+    # schedule is a function of the step, so the resumed run must follow the same curve
+    schedule = {"learner.lr_schedule": "cosine", "learner.warmup_steps": 2, "learner.schedule_steps": 4}
     publish("whole")
-    whole = _learner(client, _config("whole", tmp_path), tiny_model_dir).start()
+    whole = _learner(client, _config("whole", tmp_path, **schedule, **{"learner.keep_checkpoints": 1}),
+                     tiny_model_dir).start()
     whole.run(steps=4)
     want = _weights(whole)
     whole.close()
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
+           if r["kind"] == "step"]
+    assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.5e-3])
+    assert whole.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # what AdamW stepped with
+    assert [p.name for p in (tmp_path / "whole" / "checkpoints").glob("step-*")] == ["step-000004"]  # kept: 1
 
     # 3 steps, then a "kill -9": step 3 was trained but never checkpointed or acknowledged
     publish("crash")
-    first = _learner(client, _config("crash", tmp_path), tiny_model_dir).start()
+    first = _learner(client, _config("crash", tmp_path, **schedule), tiny_model_dir).start()
     for _ in range(3):
         first.train(first.replay.next_batch(first.version, timeout_s=5))
     assert first.step == 3 and client.xlen(Keys("crash").rollouts) == 4  # steps 3-4's groups pending
     first.close()
     del first
-    resumed = _learner(client, _config("crash", tmp_path), tiny_model_dir).start()
+    resumed = _learner(client, _config("crash", tmp_path, **schedule), tiny_model_dir).start()
     # from the checkpoint, not from memory; version 3 named weights that are gone, so the
     # resumed ones are published as version 4
     assert (resumed.step, resumed.version) == (2, 4) and resumed.replay.lost_versions == [(3, 3)]

@@ -41,6 +41,23 @@ def test_precedence_file_then_env_then_flags(tmp_path):
     assert extra.actor.group_size == 9
 
 
+def test_a_string_field_keeps_a_number_or_boolean_as_its_text():
+    config = load_config(environ={"HSD_DATA__SUBSET": "2024"}, overrides=[
+        "run.name=2024", "weights.token=123", "model.path=true", "learner.lr=1e-4"])
+    assert (config.run.name, config.weights.token, config.model.path) == ("2024", "123", "true")
+    assert config.data.subset == "2024"
+    assert config.learner.lr == pytest.approx(1e-4)  # a number field still reads a number
+    with pytest.raises(ConfigError, match=r"run\.steps"):
+        load_config(environ={}, overrides=["run.steps=many"])
+
+
+def test_a_task_file_that_does_not_exist_fails_when_the_config_is_read(tmp_path):
+    with pytest.raises(ConfigError, match=r"actor\.task: .*does not exist"):
+        load_config(environ={}, overrides=[f'actor.task="math:{tmp_path / "none.jsonl"}"'])
+    (tmp_path / "p.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    assert load_config(environ={}, overrides=[f'actor.task="math:{tmp_path / "p.jsonl"}"']).actor.task
+
+
 def test_flag_values_are_typed_like_toml():
     config = load_config(environ={}, overrides=[
         "weights.token=s3cret", "model.trust_remote_code=true", "run.name=\"exp-1\""])
