@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from core.tasks import check_task_name
 
@@ -45,6 +53,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
+# a GPU id as CUDA_VISIBLE_DEVICES writes it: an ordinal (0, "1") or a UUID
+DeviceId = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)]
+
+
 class RunConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")] = "hsd"
     """the run's name: its Redis keys are hsd:{name}:…, and actors join it by this name"""
@@ -55,6 +67,12 @@ class RunConfig(_Section):
     # how long this process trains: a resumed learner or a joining actor may say otherwise
     steps: Annotated[int, Field(ge=1, json_schema_extra=LOCAL)] = 40
     """optimiser steps to train (this process's; not part of the run's identity)"""
+    learner_devices: Annotated[list[DeviceId] | None, Field(json_schema_extra=LOCAL)] = None
+    """GPUs `hsd run` gives the learner (one a rank, ids as CUDA_VISIBLE_DEVICES); unset: the first"""
+    actor_devices: Annotated[list[DeviceId] | None, Field(json_schema_extra=LOCAL)] = None
+    """GPUs `hsd run`'s actors go round-robin over; unset: those the learner leaves, or all if none"""
+    learner_gpu_share: Annotated[float, Field(gt=0, lt=1, json_schema_extra=LOCAL)] = 0.5
+    """on a GPU the learner shares with vLLM actors, the memory share kept for the learner"""
 
 
 class RedisConfig(_Section):
@@ -113,8 +131,8 @@ class ActorConfig(_Section):
     """threads scoring completions in parallel"""
     verifier_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """wall-time limit of one verification (sandboxed code included)"""
-    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
-    """share of the GPU's memory vLLM may take (weights + KV cache; engine vllm)"""
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0, le=1, json_schema_extra=LOCAL)] = 0.9
+    """share of the GPU's memory vLLM may take (weights + KV cache); `hsd run` splits it on a shared GPU"""
     vllm_max_model_len: Annotated[int, Field(ge=16)] = 2048
     """longest sequence vLLM plans its KV cache for: ≥ prompt + response (srt: + the attempt)"""
     allow_unsandboxed_code: bool = False

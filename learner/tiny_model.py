@@ -33,6 +33,8 @@ SHIPPED = {TINY: MODELS / "tiny-chain", "tiny-seed2": MODELS / "tiny-chain-seed2
 WARM_STARTS = {"chain": (TINY, "tiny-seed2"), "chain-any": ("tiny-chain-any", "tiny-chain-any-seed2"),
                "chain-exclusion": ("tiny-chain-exclusion",)}
 
+# what a run reads of a hub model: config, tokenizer, generation config, safetensors weights
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
 CHARACTERS = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
 CHAT_TEMPLATE = (
@@ -98,9 +100,25 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HSD_CACHE", Path.home() / ".cache" / "hsd"))
 
 
+def hub_snapshot(repo_id: str) -> str:
+    """The local folder of hub model ``repo_id``: downloaded where a hub is reachable, else
+    the copy in the Hugging Face cache; neither: a one-line StartupError. Every process
+    (learner, hf and vLLM actors) then reads the same folder, so a hub id works wherever a
+    folder does."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_FILES)
+    except Exception as err:  # offline, no such repo, gated: say which and how to fix it
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StartupError(f"model.path: {repo_id!r} is no local folder and cannot be fetched from the hub here "
+                           f"({type(err).__name__}: {reason[:200]}); give a model folder, or download it first "
+                           "(huggingface-cli download) into the cache this process reads (HF_HOME)") from None
+
+
 def resolve_model(path: str) -> str:
-    """A model path or hub id as is; a name of :data:`SHIPPED`: that shipped model, so that
-    every machine starts from the same weights (``tiny``: rebuilt with ``hsd warm-start
+    """A model folder as is; a hub id: its local snapshot (:func:`hub_snapshot`); a name of
+    :data:`SHIPPED`: that shipped model, so that every machine starts from the same weights (``tiny``: rebuilt with ``hsd warm-start
     --task chain --out DIR``); ``tiny-arith``: the built-in model warm-started on the
     arithmetic task, built once and cached under $HSD_CACHE (a file lock makes concurrent
     first starts build it once)."""
@@ -113,7 +131,7 @@ def resolve_model(path: str) -> str:
                 raise StartupError(f"model.path: {path!r} is not a model folder (no config.json there); "
                                    f"give a Hugging Face folder, a hub id, {TINY!r} or {TINY_ARITH!r}")
             return str(local)
-        return path  # a hub id
+        return hub_snapshot(path)
     target = cache_dir() / "models" / f"tiny-arith-{TINY_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".tiny-arith-{TINY_VERSION}.lock"

@@ -5,6 +5,8 @@ stopped by PID on exit or Ctrl-C. The run dir gets the resolved config, one log 
 process, ``endpoints.json`` once everything is up, the checkpoints, the credit log and
 ``summary.json``.
 
+Devices: :mod:`services.apps.devices` plans which GPUs each process sees.
+
 Process lifecycle::
 
     redis ──► learner (publishes v0, writes state) ──► actors join ──► endpoints.json
@@ -27,6 +29,7 @@ from typing import Any
 
 from core.config import Config, to_toml
 from learner.curves import check_available
+from services.apps.devices import DevicePlan, plan_devices, visible_gpus
 from services.apps.progress import RunProgress
 from services.errors import StartupError
 from services.process import die_with_parent
@@ -100,23 +103,47 @@ class Placement:
 
 class Launcher:
     def __init__(self, config: Config, actors: int, model_path: str, placement: Placement | None = None,
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, devices: DevicePlan | None = None) -> None:
         check_available(config)  # before any process starts
         self.config = config
         self.show_progress = show_progress
         self.n_actors = actors
         self.model_path = model_path
         self.placement = placement or Placement.shared(actors)
+        self.devices = devices or self._plan_devices()
+        log.info("%s", self.devices.describe())
         self.run_dir = Path(config.run.dir).resolve()
         self.procs: dict[str, subprocess.Popen] = {}
         self.server = None
 
+    def _plan_devices(self) -> DevicePlan:
+        c = self.config
+        try:
+            return plan_devices(visible_gpus(), self.n_actors, learner_processes=c.learner.processes,
+                                vllm=c.actor.engine == "vllm", vllm_memory=c.actor.vllm_gpu_memory_utilization,
+                                learner_share=c.run.learner_gpu_share, learner_devices=c.run.learner_devices,
+                                actor_devices=c.run.actor_devices)
+        except ValueError as err:
+            raise StartupError(str(err)) from None
+
+    def process_settings(self, name: str) -> tuple[dict[str, str], list[str]]:
+        """The environment and extra flags of one process of the plan: its devices and,
+        for a vLLM actor on a shared GPU, its memory share."""
+        if name == "learner":
+            return self.devices.env("learner"), []
+        index = int(name.rsplit("-", 1)[1])
+        share = self.devices.vllm_memory[index]
+        return (self.devices.env("actor", index),
+                [] if share is None else ["--set", f"actor.vllm_gpu_memory_utilization={share}"])
+
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log_file = (self.run_dir / f"{name}.log").open("w")
         role = "learner" if name == "learner" else "actor"
+        devices, flags = self.process_settings(name)
+        args = [*args, *flags]
         # the Redis URL may hold a password: through the environment, not the command line (ps)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HSD_REDIS__URL": self.url, **self.placement.env(role),
-               "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' loading bars: not in the logs
+               **devices, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}  # transformers' loading bars: not in the logs
         # own session (a terminal's Ctrl-C reaches the launcher, which stops them in order),
         # but never outliving the launcher, even if it is killed with -9
         proc = subprocess.Popen([*self._launcher(role), "-m", "services.apps.cli", *args], stdout=log_file,

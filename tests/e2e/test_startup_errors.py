@@ -39,6 +39,14 @@ def test_a_missing_model_folder(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
+def test_a_hub_id_that_cannot_be_fetched(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache, and no hub from this machine
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = _hsd("run", "--run-dir", str(tmp_path / "run"), "--set", 'model.path="someone/no-such-model"')
+    _one_line_exit_2(out, "run", "model.path: 'someone/no-such-model'", "cannot be fetched from the hub here")
+    assert not (tmp_path / "run").exists()
+
+
 def test_redis_out_of_reach(tiny_model_dir):
     port = free_port()  # nothing listens there
     out = _hsd("learner", "--set", f'redis.url="redis://127.0.0.1:{port}/0"', "--set", "redis.retry_seconds=1",

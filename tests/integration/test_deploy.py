@@ -204,3 +204,16 @@ def test_alert_rules_pass_promtool(tmp_path):
     out = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS: 7 rules found" in out.stdout
+
+
+def _final_stage(dockerfile: Path) -> str:
+    return dockerfile.read_text().rsplit("\nFROM ", 1)[1]
+
+
+def test_the_cuda_image_can_compile_what_triton_builds_at_first_use():
+    """vLLM and learner.compile run Triton, which compiles a small C module with the
+    system's compiler against Python's headers the first time: the image that runs must
+    hold both (a CUDA runtime base has neither)."""
+    final = _final_stage(ROOT / "deploy" / "docker" / "Dockerfile.cuda")
+    packages = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", final.split("apt-get install", 1)[1].split("&&", 1)[0]))
+    assert {"gcc", "python3-dev", "libc6-dev"} <= packages, final
