@@ -150,6 +150,8 @@ class LearnerConfig(_Section):
     """B: groups per optimiser step (samples per step = B × G)"""
     max_staleness: Annotated[int, Field(ge=0)] = 1
     """η: groups sampled more than η versions ago are dropped (stale)"""
+    admission_groups: Annotated[int | None, Field(ge=1)] = None
+    """groups in flight at once (prompts + rollouts); unset: (η+1)·B. N actors need ≥ N × prompts_per_batch"""
     lr: Annotated[float, Field(gt=0, le=1)] = 1e-5
     """AdamW's peak learning rate (lr_schedule shapes it over the steps)"""
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"

@@ -88,8 +88,7 @@ class Learner:
             # a crash between writing the checkpoint and committing its groups (Redis down,
             # kill -9) left them pending: they are in these weights, so commit them, not retrain
             self.replay.commit_recovered(meta.committed)
-        self.admission = PromptAdmission(client, self.keys,
-                                         (config.learner.max_staleness + 1) * config.learner.batch_groups)
+        self.admission = PromptAdmission(client, self.keys, admission_capacity(config))
         self.prompts = iter(prompts) if prompts is not None else self._task_prompts()
         w = config.weights
         self.weights = WeightServer(
@@ -429,6 +428,15 @@ def check_resumable(meta: ckpt.CheckpointMeta, config: Config, path: Path) -> No
     raise StartupError(f"--resume: {path} was trained under another configuration ("
                        + ("; ".join(differences) or f"config hash {meta.config_hash}, now {config_hash(config)}")
                        + "): resume with the run's own config, start a new run dir, or pass --force-config")
+
+
+def admission_capacity(config: Config) -> int:
+    """Groups the learner lets be in flight: ``learner.admission_groups``, else (η+1)·B —
+    what the learner can train before any of them is more than η versions old. A fleet
+    larger than capacity / prompts_per_batch finds nothing to take; a larger capacity
+    feeds it, and the groups that arrive too late are dropped as stale."""
+    lc = config.learner
+    return lc.admission_groups or (lc.max_staleness + 1) * lc.batch_groups
 
 
 def follow(config: Config, model_path: str, resume: bool) -> None:

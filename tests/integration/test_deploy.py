@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -217,3 +218,45 @@ def test_the_cuda_image_can_compile_what_triton_builds_at_first_use():
     final = _final_stage(ROOT / "deploy" / "docker" / "Dockerfile.cuda")
     packages = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", final.split("apt-get install", 1)[1].split("&&", 1)[0]))
     assert {"gcc", "python3-dev", "libc6-dev"} <= packages, final
+
+
+def _overlay_config(overlay: str):
+    own = ROOT / "deploy" / "k8s" / "overlays" / overlay / "hsd.toml"
+    return load_config(own if own.exists() else ROOT / "deploy" / "k8s" / "base" / "hsd.toml", environ={})
+
+
+def _autoscaler(docs) -> tuple[float, int, int]:
+    """(work per replica, min, max) of the overlay's KEDA trigger or HPA: both scale on the
+    prompt stream's XLEN (KEDA's streamLength; the HPA's hsd_queue_lag_entries{stream="prompts"})."""
+    kinds = {d["kind"]: d["spec"] for d in docs if d["kind"] in ("ScaledObject", "HorizontalPodAutoscaler")}
+    if "ScaledObject" in kinds:
+        so = kinds["ScaledObject"]
+        metadata = so["triggers"][0]["metadata"]
+        assert "pendingEntriesCount" not in metadata  # capped by the fleet itself: it converges to one actor
+        return float(metadata["streamLength"]), so["minReplicaCount"], so["maxReplicaCount"]
+    hpa = kinds["HorizontalPodAutoscaler"]
+    (metric,) = hpa["metrics"]
+    assert metric["external"]["metric"]["name"] == "hsd_queue_lag_entries"
+    assert metric["external"]["metric"]["selector"]["matchLabels"] == {"stream": "prompts"}
+    return float(metric["external"]["target"]["averageValue"]), hpa["minReplicas"], hpa["maxReplicas"]
+
+
+def _replicas(stream_length: int, per_replica: float, low: int, high: int) -> int:
+    """What the HPA (which KEDA drives too) asks for on an AverageValue target."""
+    return min(high, max(low, math.ceil(stream_length / per_replica)))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_autoscaler_reaches_n_actors_for_n_batches_of_work_and_admission_can_feed_them(overlay):
+    from learner.service import admission_capacity
+
+    config = _overlay_config(overlay)
+    per_replica, low, high = _autoscaler(_build(overlay))
+    batch = config.actor.prompts_per_batch
+    assert per_replica == batch  # one actor per batch of waiting or running prompts
+    for n in range(1, high + 1):
+        assert _replicas(n * batch, per_replica, low, high) == n  # XLEN counts taken, unanswered prompts too
+    # the work the learner lets be in flight feeds the largest fleet the autoscaler allows
+    assert admission_capacity(config) >= high * batch, (admission_capacity(config), high, batch)
+    bigger = load_config(environ={}, overrides=["learner.admission_groups=96"])
+    assert admission_capacity(bigger) == 96  # a larger fleet: raise admission (more groups go stale)
