@@ -211,6 +211,8 @@ class Actor:
                                       score.reward, score.success, c.finish, c.text, revision))
                 self.metrics.reward.observe(score.reward)
                 self.metrics.tokens.inc(len(c.ids))
+                if c.finish == "length":
+                    self.metrics.truncated.inc()
             record = RolloutGroup(
                 run=self.keys.run, group_id=uuid.uuid4().hex, prompt_id=item.prompt_id, task=item.task,
                 actor=self.actor_id, created=time.time(), policy_version=version, prompt=item.prompt,
@@ -293,4 +295,12 @@ class Actor:
         except KeyError:
             fields = {}
         fields.setdefault("answer", item.answer)
-        return self.task.verify(completion, fields)
+        try:
+            score = self.task.verify(completion, fields)
+        except Exception as err:  # a verifier bug or a plug-in's: the sample scores 0, the actor goes on
+            log.warning("the %s verifier raised on a completion of %s: %r", item.task, item.prompt_id, err)
+            self.metrics.verifier_errors.labels("exception").inc()
+            return Score(0.0, False, f"verifier raised {type(err).__name__}: {err}")
+        if score.error == "timeout":
+            self.metrics.verifier_errors.labels("timeout").inc()
+        return score

@@ -50,6 +50,7 @@ from methods.base import TrainingSample
 from methods.credit import CreditProfile, credit_profile
 from services.errors import StartupError
 from services.metrics import CreditMetrics, LearnerMetrics, ReplayMetrics, WeightsMetrics
+from services.transport.redis_client import used_memory
 from services.transport.streams import Keys, PromptAdmission
 from services.weights.publisher import AsyncPublisher
 from services.weights.server import WeightServer
@@ -80,6 +81,8 @@ class Learner:
             self.step, self.version = meta.step, meta.version
             log.info("resumed from %s at step %d, version %d", resume_from, self.step, self.version)
         self.metrics = LearnerMetrics(registry)
+        self.checkpointed_at = time.time()
+        self._export_live_gauges()
         self.credit_metrics = CreditMetrics(registry)
         self.weights_metrics = WeightsMetrics(registry)
         self.replay = ReplayBuffer(client, self.keys, ReplaySettings.from_config(config, self.model.config.vocab_size),
@@ -237,6 +240,17 @@ class Learner:
 
     # ------------------------------------------------------------------ one step
 
+    def _export_live_gauges(self) -> None:
+        """Gauges read at scrape time: how old the latest checkpoint is, the learner's CUDA
+        memory, the run's Redis memory."""
+        m = self.metrics
+        m.checkpoint_age.set_function(lambda: time.time() - self.checkpointed_at)
+        device = next(self.model.parameters()).device
+        on_cuda = device.type == "cuda"
+        m.gpu_memory.labels("allocated").set_function(lambda: torch.cuda.memory_allocated(device) if on_cuda else 0)
+        m.gpu_memory.labels("peak").set_function(lambda: torch.cuda.max_memory_allocated(device) if on_cuda else 0)
+        m.redis_memory.set_function(lambda: used_memory(self.client))
+
     def lr(self) -> float:
         """The lr of the step after ``self.step`` steps (learner.lr_schedule)."""
         c = self.config.learner
@@ -263,6 +277,7 @@ class Learner:
         # the batch's rollouts, not its training samples (srt trains on revisions of wrong attempts only)
         result.metrics["reward_mean"] = statistics.fmean(s.reward for t in batch for s in t.group.samples)
         result.metrics["lr"] = self.lr()
+        result.metrics.update(outcome_signal(batch))
         self.step += 1
         self.version += 1
         self.client.hset(self.keys.state, "version", self.version)  # before any actor can see it
@@ -291,6 +306,7 @@ class Learner:
         ckpt.save(self.ckpt_dir, ckpt.CheckpointMeta(self.step, self.version, config_hash(self.config),
                                                      shared_view(self.config), committed),
                   self.trainer, self.tokenizer, keep=self.config.learner.keep_checkpoints)
+        self.checkpointed_at = time.time()
         self.replay.commit(self.unacked)
         self.unacked = []
 
@@ -303,6 +319,8 @@ class Learner:
         self.metrics.grad_norm.set(m["grad_norm"])
         self.metrics.entropy.set(m["entropy"])
         self.metrics.learning_rate.set(result.metrics["lr"])
+        self.metrics.truncated_fraction.set(result.metrics["truncated_fraction"])
+        self.metrics.zero_std_fraction.set(result.metrics["zero_std_fraction"])
         lengths = [s.ids.size for t in batch for s in t.group.samples]
         self.metrics.response_tokens.set(statistics.fmean(lengths) if lengths else 0.0)
         self.metrics.importance_ratio.observe(m["rho_mean"])
@@ -428,6 +446,15 @@ def check_resumable(meta: ckpt.CheckpointMeta, config: Config, path: Path) -> No
     raise StartupError(f"--resume: {path} was trained under another configuration ("
                        + ("; ".join(differences) or f"config hash {meta.config_hash}, now {config_hash(config)}")
                        + "): resume with the run's own config, start a new run dir, or pass --force-config")
+
+
+def outcome_signal(batch: list[TaggedGroup]) -> dict[str, float]:
+    """Of a batch: the share of responses cut at max_response_tokens, and the share of
+    groups whose rewards are all equal (TRL's frac_reward_zero_std: a group-relative
+    advantage is 0 there, so only the teacher's credit trains on it)."""
+    samples = [s for t in batch for s in t.group.samples]
+    return {"truncated_fraction": statistics.fmean(s.finish == "length" for s in samples),
+            "zero_std_fraction": statistics.fmean(len({s.reward for s in t.group.samples}) == 1 for t in batch)}
 
 
 def admission_capacity(config: Config) -> int:

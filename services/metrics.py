@@ -63,6 +63,15 @@ class ActorMetrics:
             registry=registry)
         self.rejected_prompts = Counter(
             "hsd_actor_rejected_prompts", "Malformed prompt entries dead-lettered", registry=registry)
+        # a verification that ran out of time (timeout) or whose verifier raised (exception):
+        # scored 0 either way; a wrong or unparsable answer is not an error
+        self.verifier_errors = Counter(
+            "hsd_actor_verifier_errors", "Verifications that timed out or raised, scored 0", ["kind"],
+            registry=registry)
+        for kind in ("timeout", "exception"):
+            self.verifier_errors.labels(kind)  # exported at 0 from the start: rates and alerts see them
+        self.truncated = Counter(
+            "hsd_actor_truncated_samples", "Samples that hit model.max_response_tokens", registry=registry)
 
 
 class LearnerMetrics:
@@ -97,6 +106,19 @@ class LearnerMetrics:
         self.learning_rate = Gauge("hsd_learner_learning_rate", "Optimiser learning rate", registry=registry)
         self.response_tokens = Gauge("hsd_learner_response_tokens_mean",
                                      "Mean response length (tokens) of the last batch's samples", registry=registry)
+        self.truncated_fraction = Gauge(
+            "hsd_learner_truncated_fraction", "Share of the last batch's responses that hit max_response_tokens",
+            registry=registry)
+        self.zero_std_fraction = Gauge(
+            "hsd_learner_zero_std_group_fraction",
+            "Share of the last batch's groups whose rewards are all equal (no outcome signal)", registry=registry)
+        self.checkpoint_age = Gauge(
+            "hsd_learner_checkpoint_age_seconds", "Seconds since the last checkpoint (or the start)",
+            registry=registry)
+        self.gpu_memory = Gauge("hsd_learner_gpu_memory_bytes", "The learner's CUDA memory (0 on CPU)", ["kind"],
+                                registry=registry)
+        self.redis_memory = Gauge("hsd_redis_used_memory_bytes", "The run's Redis used_memory (INFO memory)",
+                                  registry=registry)
 
 
 class CreditMetrics:

@@ -89,3 +89,12 @@ def connect(url: str, retry_seconds: float = 30.0, **kwargs: Any) -> redis.Redis
         socket_connect_timeout=5,
         **kwargs,
     )
+
+
+def used_memory(client: redis.Redis) -> float:
+    """Redis's ``used_memory`` in bytes (INFO memory); NaN when it does not answer, so a
+    scrape of the process that asks never fails on it."""
+    try:
+        return float(client.info("memory")["used_memory"])
+    except (redis.RedisError, KeyError, ValueError):
+        return float("nan")

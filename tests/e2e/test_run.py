@@ -20,7 +20,7 @@ from tests.waiting import wait_until
 DESIGN_METRICS = {
     "actor": ["hsd_actor_groups_total", "hsd_actor_samples_total", "hsd_actor_tokens_total",
               "hsd_actor_generate_seconds", "hsd_actor_reward", "hsd_actor_policy_version",
-              "hsd_actor_weight_sync_seconds"],
+              "hsd_actor_weight_sync_seconds", "hsd_actor_verifier_errors_total", "hsd_actor_truncated_samples_total"],
     "learner": ["hsd_replay_groups_ingested_total", "hsd_replay_dropped_total", "hsd_replay_buffered_groups",
                 "hsd_replay_peer_coverage", "hsd_queue_lag_entries", "hsd_learner_step",
                 "hsd_learner_policy_version", "hsd_learner_step_seconds", "hsd_learner_tokens_per_second",
@@ -29,7 +29,8 @@ DESIGN_METRICS = {
                 "hsd_learner_grad_norm", "hsd_learner_learning_rate", "hsd_learner_response_tokens_mean",
                 "hsd_credit_abs_mean", "hsd_credit_divergence_mass", "hsd_credit_peak_offset_tokens",
                 "hsd_credit_silence_fraction", "hsd_weights_version", "hsd_weights_publish_seconds",
-                "hsd_weights_bytes_sent_total"],
+                "hsd_weights_bytes_sent_total", "hsd_learner_truncated_fraction", "hsd_learner_zero_std_group_fraction",
+                "hsd_learner_checkpoint_age_seconds", "hsd_learner_gpu_memory_bytes", "hsd_redis_used_memory_bytes"],
 }
 
 

@@ -136,6 +136,39 @@ def test_actor_writes_scored_groups_and_follows_new_versions(client, tiny_model_
     assert registry.get_sample_value("hsd_actor_policy_version") == 1
 
 
+class _BrokenVerifierArith(ArithTask):
+    """Arithmetic whose verifier is broken the two ways a real one breaks: it raises on
+    half of the completions and, on the others, math-verify gets a deadline it cannot meet."""
+
+    def verify(self, completion, fields):
+        from core.tasks.math import MathVerifier
+
+        if len(completion) % 2 == 0:
+            raise RuntimeError("verifier bug")
+        return MathVerifier(timeout_s=1e-6).verify(completion, fields)
+
+
+def test_verifier_errors_and_timeouts_score_0_are_counted_and_the_actor_goes_on(client, tiny_model_dir,
+                                                                                 weight_server):
+    config = load_config(environ={}, overrides=_overrides("broken", tiny_model_dir))
+    _announce(client, config, weight_server)
+    _admit(client, "broken", 2)
+    registry = CollectorRegistry()
+    actor = Actor(config, client, HFEngine.from_pretrained(str(tiny_model_dir)), _BrokenVerifierArith(),
+                  actor_id="a0", metrics=ActorMetrics(registry))
+    actor.join()
+    wait_until(lambda: actor.step(block_ms=200) is not None and len(_groups(client, "broken")) >= 2, 120,
+               "the actor stopped writing groups when its verifier broke", interval_s=0)
+    samples = [s for g in _groups(client, "broken") for s in g.samples]
+    assert all(s.reward == 0.0 and not s.success for s in samples)
+    raised = sum(len(s.text) % 2 == 0 for s in samples)
+    errors = {kind: registry.get_sample_value("hsd_actor_verifier_errors_total", {"kind": kind})
+              for kind in ("exception", "timeout")}
+    assert errors == {"exception": raised, "timeout": len(samples) - raised}
+    truncated = sum(s.finish == "length" for s in samples)
+    assert registry.get_sample_value("hsd_actor_truncated_samples_total") == truncated
+
+
 def test_an_actor_with_another_config_refuses_to_join(client, tiny_model_dir, weight_server):
     config = load_config(environ={}, overrides=_overrides("actor2", tiny_model_dir))
     _announce(client, config, weight_server)

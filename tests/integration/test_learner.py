@@ -113,13 +113,22 @@ def test_resume_and_crash_recovery_end_with_the_uninterrupted_weights(client, ti
     # schedule is a function of the step, so the resumed run must follow the same curve
     schedule = {"learner.lr_schedule": "cosine", "learner.warmup_steps": 2, "learner.schedule_steps": 4}
     publish("whole")
+    registry = CollectorRegistry()
     whole = _learner(client, _config("whole", tmp_path, **schedule, **{"learner.keep_checkpoints": 1}),
-                     tiny_model_dir).start()
+                     tiny_model_dir, registry).start()
     whole.run(steps=4)
     want = _weights(whole)
+    # the operations gauges: read at scrape time (checkpoint age, memory) or from the last batch
+    value = registry.get_sample_value
+    assert 0 <= value("hsd_learner_checkpoint_age_seconds") < 60  # step 4 was checkpointed just now
+    assert value("hsd_redis_used_memory_bytes") > 0 and value("hsd_learner_gpu_memory_bytes", {"kind": "peak"}) == 0
+    last = [r for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "step"]
+    assert value("hsd_learner_zero_std_group_fraction") == last[-1]["zero_std_fraction"]
+    assert value("hsd_learner_truncated_fraction") == last[-1]["truncated_fraction"]
+    assert all(0 <= r["zero_std_fraction"] <= 1 and 0 <= r["truncated_fraction"] <= 1 for r in last)
     whole.close()
-    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines())
-           if r["kind"] == "step"]
+    lrs = [r["lr"] for r in last]
     assert lrs == pytest.approx([0.5e-3, 1e-3, 1e-3, 0.5e-3])
     assert whole.trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)  # what AdamW stepped with
     assert [p.name for p in (tmp_path / "whole" / "checkpoints").glob("step-*")] == ["step-000004"]  # kept: 1
