@@ -192,6 +192,8 @@ class LearnerConfig(_Section):
     """checkpoints kept in RUN_DIR/checkpoints (the oldest go first; each holds weights + optimiser)"""
     credit_log_every: Annotated[int, Field(ge=0)] = 5
     """steps between credit.jsonl records (δ_t per token of each sample); 0: none"""
+    credit_log_max_mb: Annotated[float, Field(gt=0, json_schema_extra=LOCAL)] = 256.0
+    """credit.jsonl past this size becomes credit.jsonl.1 (the one before is dropped): at most twice it on disk"""
     eval_every: Annotated[int, Field(ge=0)] = 0
     """held-out accuracy every N steps, before the first and after the last; 0: off"""
     eval_problems: Annotated[int, Field(ge=1)] = 64

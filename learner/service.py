@@ -34,7 +34,7 @@ import redis
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from core.config import Config, config_differences, config_hash, shared_view
+from core.config import Config, MiB, config_differences, config_hash, shared_view
 from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
@@ -365,6 +365,7 @@ class Learner:
         a = self.config.algorithm
         path = self.run_dir / "credit.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
+        rotate_when_full(path, int(self.config.learner.credit_log_max_mb * MiB))
         with path.open("a") as f:
             for k, delta in result.credit.items():
                 s = samples[k]
@@ -446,6 +447,13 @@ def check_resumable(meta: ckpt.CheckpointMeta, config: Config, path: Path) -> No
     raise StartupError(f"--resume: {path} was trained under another configuration ("
                        + ("; ".join(differences) or f"config hash {meta.config_hash}, now {config_hash(config)}")
                        + "): resume with the run's own config, start a new run dir, or pass --force-config")
+
+
+def rotate_when_full(path: Path, max_bytes: int) -> None:
+    """A log of days stays bounded: ``path`` at ``max_bytes`` or more becomes ``path.1``
+    (replacing the one before), and writing starts a new file."""
+    if path.exists() and path.stat().st_size >= max_bytes:
+        path.replace(path.with_name(path.name + ".1"))
 
 
 def outcome_signal(batch: list[TaggedGroup]) -> dict[str, float]:
