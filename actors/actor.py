@@ -37,7 +37,7 @@ import redis
 from core.codec import Reason, RecordRejected, decode_prompt
 from core.config import Config, config_hash
 from core.engines import Engine, SamplingSettings
-from core.prompts import render_prompt_ids
+from core.prompts import render_prompt_ids, use_chat_template_kwargs
 from core.records import PromptItem, Revision, RolloutGroup, Sample
 from core.tasks import Score, Task
 from methods import make_method
@@ -79,7 +79,7 @@ class Actor:
         self.client = client
         self.keys = Keys(config.run.name)
         self.engine = engine
-        self.tokenizer = engine.tokenizer
+        self.tokenizer = use_chat_template_kwargs(engine.tokenizer, config.model.chat_template_kwargs)
         self.task = task
         self.method = make_method(config.algorithm)
         self.actor_id = actor_id or default_actor_id()

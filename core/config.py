@@ -22,6 +22,7 @@ import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit, urlunsplit
 
@@ -112,6 +113,8 @@ class ModelConfig(_Section):
     """generation length cap; longer responses in a record are dead-lettered"""
     trust_remote_code: bool = False
     """let transformers run a model repository's own code"""
+    chat_template_kwargs: dict[str, str | int | float | bool] = {}
+    """arguments the chat template reads, for every prompt of every role (Qwen3: {enable_thinking = false})"""
 
 
 class ActorConfig(_Section):
@@ -258,6 +261,18 @@ class AlgorithmConfig(_Section):
     # default, REVISE_CORRECT=0)
     srt_revise_correct: bool = False
     """srt also revises right attempts (their revisions train stage 2 only)"""
+    # the teacher's and the reviser's wording (methods.templates): a model trained or prompted
+    # in another language or format needs its own
+    peer_template: str = "\n\nHere is a correct solution to this problem:\n{peer}"
+    """HSD: what follows the prompt in the teacher's context; {peer} is the successful peer"""
+    answer_template: str = "\n\nThe reference answer is: {answer}"
+    """OPSD (and HSD with peer_with_answer): the reference answer in the teacher's context"""
+    teacher_closing: str = "\n\nNow write a solution of your own."
+    """the end of the teacher's added context, before the student's response"""
+    revision_right: str = "Let me rephrase the above solution."
+    """SD-Zero/srt: what follows a right attempt in the reviser's context"""
+    revision_wrong: str = "Wait, this response is wrong. Let me correct it."
+    """SD-Zero/srt: what follows a wrong attempt in the reviser's context"""
     peer_bank_size: Annotated[int, Field(ge=1)] = 4
     """banked successes kept per prompt (peer_fallback bank)"""
     peer_bank_max_age: Annotated[int, Field(ge=0)] = 4
@@ -282,6 +297,18 @@ class AlgorithmConfig(_Section):
     """tokens either side of the divergence counted as its credit mass"""
     silence_tau: Annotated[float, Field(gt=0)] = 0.05
     """|δ| below this counts as silent"""
+
+    @model_validator(mode="after")
+    def _templates_have_their_field(self) -> AlgorithmConfig:
+        for name, field in (("peer_template", "peer"), ("answer_template", "answer")):
+            template = getattr(self, name)
+            try:
+                fields = {f for _, f, _, _ in Formatter().parse(template) if f is not None}
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+            if fields != {field}:
+                raise ValueError(f"{name}: must hold {{{field}}} and no other field (it has {sorted(fields)})")
+        return self
 
     @model_validator(mode="after")
     def _bands(self) -> AlgorithmConfig:
@@ -612,6 +639,14 @@ def shown(config: Config, mask_secrets: bool = True) -> dict[str, dict[str, Any]
     return out
 
 
+def _toml_value(value: Any) -> str:
+    """A TOML literal: JSON's for strings, numbers, booleans and lists (the same syntax),
+    an inline table for a mapping."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def to_toml(config: Config, mask_secrets: bool = True) -> str:
     """The resolved config as TOML, for logs and ``hsd config`` (secrets masked) or for the
     processes of a run to read (``mask_secrets=False``; such a file is written with mode 0600)."""
@@ -619,6 +654,6 @@ def to_toml(config: Config, mask_secrets: bool = True) -> str:
     for section, values in shown(config, mask_secrets).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
-            lines.append(f"# {key} unset" if value is None else f"{key} = {json.dumps(value)}")
+            lines.append(f"# {key} unset" if value is None else f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)

@@ -35,6 +35,7 @@ import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from core.config import Config, MiB, config_differences, config_hash, shared_view
+from core.prompts import use_chat_template_kwargs
 from core.records import PromptItem
 from core.views import assert_shared_vocabulary
 from learner import checkpoint as ckpt
@@ -431,7 +432,8 @@ def load_trainer(config: Config, model_path: str, resume: bool, force_config: bo
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
     remote = config.model.trust_remote_code
-    tokenizer = AutoTokenizer.from_pretrained(load_from, trust_remote_code=remote)
+    tokenizer = use_chat_template_kwargs(AutoTokenizer.from_pretrained(load_from, trust_remote_code=remote),
+                                         config.model.chat_template_kwargs)
     assert_shared_vocabulary(tokenizer, AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote))
     model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, trust_remote_code=remote).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -39,6 +39,7 @@ from methods.losses import (
     topk_distillation_loss,
 )
 from methods.peers import PeerTag, resolve_peer
+from methods.templates import Templates
 
 
 @dataclass
@@ -95,6 +96,7 @@ class Method:
     def __init__(self, algo: AlgorithmConfig) -> None:
         self.check(algo)
         self.algo = algo
+        self.templates = Templates.of(algo)
 
     @classmethod
     def check(cls, algo: AlgorithmConfig) -> None:

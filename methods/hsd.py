@@ -18,19 +18,18 @@ from core.prompts import Messages, render_prompt_ids, with_user_suffix
 from core.records import RolloutGroup
 from core.views import ScoringInput, scoring_input
 from methods.base import Method
-from methods.opsd import ANSWER_TEMPLATE, CONTEXT_CLOSING, opsd_input
+from methods.opsd import opsd_input
 from methods.peers import PeerSource, PeerTag, resolve_peer
-
-PEER_TEMPLATE = "\n\nHere is a correct solution to this problem:\n{peer}"
+from methods.templates import DEFAULT, Templates
 
 
 def hsd_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], peer_text: str,
-              answer: str | None = None) -> ScoringInput:
+              answer: str | None = None, templates: Templates = DEFAULT) -> ScoringInput:
     """Teacher sees a successful peer y⁺ (and, optionally, the reference answer)."""
-    suffix = PEER_TEMPLATE.format(peer=peer_text)
+    suffix = templates.peer.format(peer=peer_text)
     if answer is not None:
-        suffix += ANSWER_TEMPLATE.format(answer=answer)
-    suffix += CONTEXT_CLOSING
+        suffix += templates.answer.format(answer=answer)
+    suffix += templates.closing
     return scoring_input(render_prompt_ids(tokenizer, with_user_suffix(prompt, suffix)), response)
 
 
@@ -45,7 +44,7 @@ class HSD(Method):
         peer = resolve_peer(group, tag)
         if peer is not None:
             answer = group.answer if self.algo.peer_with_answer else None
-            return hsd_input(tokenizer, group.prompt, y, peer.text, answer)
+            return hsd_input(tokenizer, group.prompt, y, peer.text, answer, self.templates)
         if tag.source is PeerSource.ANSWER and group.answer is not None:
-            return opsd_input(tokenizer, group.prompt, y, group.answer)
+            return opsd_input(tokenizer, group.prompt, y, group.answer, self.templates)
         return None

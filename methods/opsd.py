@@ -16,14 +16,13 @@ from core.records import RolloutGroup
 from core.views import ScoringInput, scoring_input
 from methods.base import Method
 from methods.peers import PeerTag
-
-ANSWER_TEMPLATE = "\n\nThe reference answer is: {answer}"
-CONTEXT_CLOSING = "\n\nNow write a solution of your own."
+from methods.templates import DEFAULT, Templates
 
 
-def opsd_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], answer: str) -> ScoringInput:
+def opsd_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], answer: str,
+               templates: Templates = DEFAULT) -> ScoringInput:
     """Teacher sees the reference answer: c = x + answer."""
-    suffix = ANSWER_TEMPLATE.format(answer=answer) + CONTEXT_CLOSING
+    suffix = templates.answer.format(answer=answer) + templates.closing
     return scoring_input(render_prompt_ids(tokenizer, with_user_suffix(prompt, suffix)), response)
 
 
@@ -34,4 +33,4 @@ class OPSD(Method):
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
         if group.answer is None:
             return None
-        return opsd_input(tokenizer, group.prompt, group.samples[index].ids.tolist(), group.answer)
+        return opsd_input(tokenizer, group.prompt, group.samples[index].ids.tolist(), group.answer, self.templates)

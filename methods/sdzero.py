@@ -22,22 +22,18 @@ from core.records import RolloutGroup
 from core.views import ScoringInput, scoring_input, stop_token_ids
 from methods.base import Method
 from methods.peers import PeerTag
-
-REVISION_PHRASES = {
-    True: "Let me rephrase the above solution.",
-    False: "Wait, this response is wrong. Let me correct it.",
-}
+from methods.templates import DEFAULT, Templates
 
 
 def reviser_context(tokenizer: Any, prompt: str | Messages, attempt: Sequence[int], success: bool,
-                    stop_ids: set[int] | None = None) -> list[int]:
+                    stop_ids: set[int] | None = None, templates: Templates = DEFAULT) -> list[int]:
     """x, then the assistant turn y ++ "\\n\\n" ++ P(r) ++ "\\n\\n": where the reviser goes on.
 
     The attempt drops its trailing stop tokens (the turn goes on). SD-Zero's teacher reads
     a second copy of y after it; `srt` actors sample the revision from it.
     """
     first = attempt_body(tokenizer, attempt, stop_ids)
-    separator = tokenizer.encode("\n\n" + REVISION_PHRASES[bool(success)] + "\n\n", add_special_tokens=False)
+    separator = tokenizer.encode("\n\n" + templates.revision(bool(success)) + "\n\n", add_special_tokens=False)
     return render_prompt_ids(tokenizer, prompt) + first + list(separator)
 
 
@@ -51,9 +47,9 @@ def attempt_body(tokenizer: Any, attempt: Sequence[int], stop_ids: set[int] | No
 
 
 def sdzero_input(tokenizer: Any, prompt: str | Messages, response: Sequence[int], success: bool,
-                 stop_ids: set[int] | None = None) -> ScoringInput:
+                 stop_ids: set[int] | None = None, templates: Templates = DEFAULT) -> ScoringInput:
     """Reviser view: x, then the assistant turn y ++ "\\n\\n" ++ P(r) ++ "\\n\\n" ++ y."""
-    return scoring_input(reviser_context(tokenizer, prompt, response, success, stop_ids), response)
+    return scoring_input(reviser_context(tokenizer, prompt, response, success, stop_ids, templates), response)
 
 
 class SDZero(Method):
@@ -63,4 +59,4 @@ class SDZero(Method):
 
     def teacher_view(self, tokenizer: Any, group: RolloutGroup, index: int, tag: PeerTag) -> ScoringInput | None:
         s = group.samples[index]
-        return sdzero_input(tokenizer, group.prompt, s.ids.tolist(), s.success)
+        return sdzero_input(tokenizer, group.prompt, s.ids.tolist(), s.success, templates=self.templates)

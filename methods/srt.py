@@ -28,20 +28,21 @@ from core.views import ScoringInput, scoring_input, student_input
 from methods.base import SupervisedMethod, TrainingSample, behaviour_logprobs
 from methods.peers import PeerTag
 from methods.sdzero import attempt_body, reviser_context
+from methods.templates import DEFAULT, Templates
 
 
 def srt_input(tokenizer: Any, prompt: str | Messages, attempt: Sequence[int], success: bool,
-              revision: Sequence[int]) -> ScoringInput:
+              revision: Sequence[int], templates: Templates = DEFAULT) -> ScoringInput:
     """Stage 2 (revision): the reviser context of an attempt, then the revision."""
-    return scoring_input(reviser_context(tokenizer, prompt, attempt, success), revision)
+    return scoring_input(reviser_context(tokenizer, prompt, attempt, success, templates=templates), revision)
 
 
 def srt_generation_input(tokenizer: Any, prompt: str | Messages, attempt: Sequence[int], success: bool,
-                         revision: Sequence[int]) -> ScoringInput:
+                         revision: Sequence[int], templates: Templates = DEFAULT) -> ScoringInput:
     """Stage 1 (generation): x, then y_init ++ P_r ++ y_rev as one completion (the same
     tokens as stage 2's view; only where the scored part starts differs)."""
     prompt_ids = render_prompt_ids(tokenizer, prompt)
-    context = reviser_context(tokenizer, prompt, attempt, success)
+    context = reviser_context(tokenizer, prompt, attempt, success, templates=templates)
     return student_input(prompt_ids, context[len(prompt_ids):] + list(revision))
 
 
@@ -51,7 +52,7 @@ class SRT(SupervisedMethod):
     def revision_contexts(self, tokenizer: Any, prompt: Any, attempts: Sequence[Sequence[int]],
                           successes: Sequence[bool]) -> list[list[int] | None]:
         revise_correct = self.algo.srt_revise_correct
-        return [reviser_context(tokenizer, prompt, a, ok) if revise_correct or not ok else None
+        return [reviser_context(tokenizer, prompt, a, ok, templates=self.templates) if revise_correct or not ok else None
                 for a, ok in zip(attempts, successes, strict=True)]
 
     def training_samples(self, group: RolloutGroup, tags: Sequence[PeerTag], tokenizer: Any) -> list[TrainingSample]:
@@ -64,9 +65,9 @@ class SRT(SupervisedMethod):
                 continue
             y, y_rev = s.ids.tolist(), r.ids.tolist()
             revision_mu = behaviour_logprobs(r.logprobs)
-            views = [(srt_input(tokenizer, group.prompt, y, s.success, y_rev), revision_mu)]
+            views = [(srt_input(tokenizer, group.prompt, y, s.success, y_rev, self.templates), revision_mu)]
             if not s.success:
-                generation = srt_generation_input(tokenizer, group.prompt, y, s.success, y_rev)
+                generation = srt_generation_input(tokenizer, group.prompt, y, s.success, y_rev, self.templates)
                 # μ of the stream: the attempt's and the revision's as sampled; P_r is forced (log μ = 0)
                 attempt_mu = behaviour_logprobs(s.logprobs)[: len(attempt_body(tokenizer, y))]
                 forced = torch.zeros(generation.length - len(y_rev) - attempt_mu.numel())

@@ -58,6 +58,17 @@ def test_a_task_file_that_does_not_exist_fails_when_the_config_is_read(tmp_path)
     assert load_config(environ={}, overrides=[f'actor.task="math:{tmp_path / "p.jsonl"}"']).actor.task
 
 
+def test_every_field_survives_the_config_file_the_processes_of_a_run_read(tmp_path):
+    """`hsd run` writes the resolved config as TOML and every process reads it back:
+    a mapping (chat_template_kwargs), lists, escapes and unicode must come back as they were."""
+    config = load_config(environ={}, overrides=[
+        "model.chat_template_kwargs={enable_thinking = false, depth = 2}", "run.actor_devices=[1, 2]",
+        'algorithm.peer_template="\\n\\nSo löst man es:\\t{peer}"', r'data.answer_pattern="####\s*(.+)$"'])
+    path = _write(tmp_path, to_toml(config, mask_secrets=False))
+    assert load_config(path, environ={}) == config
+    assert config.model.chat_template_kwargs == {"enable_thinking": False, "depth": 2}
+
+
 def test_flag_values_are_typed_like_toml():
     config = load_config(environ={}, overrides=[
         "weights.token=s3cret", "model.trust_remote_code=true", "run.name=\"exp-1\""])

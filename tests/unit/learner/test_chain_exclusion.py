@@ -16,7 +16,7 @@ from learner.curricula import chain_exclusion
 from learner.curricula.bayes_reviser import revision_bayes
 from learner.curricula.chain import BELIEFS as TABLE_BELIEFS
 from learner.curricula.chain import Beliefs
-from methods.sdzero import REVISION_PHRASES
+from methods.templates import DEFAULT
 
 ANSWER = re.compile(r"#### (\d)")
 
@@ -43,7 +43,7 @@ def test_hard_entries_believe_three_values_the_right_one_not_always_the_likelies
 
 
 def test_a_revision_after_a_wrong_attempt_takes_another_answer_and_a_right_attempt_is_copied(tokenizer):
-    rng, wrong, right = random.Random(7), REVISION_PHRASES[False], REVISION_PHRASES[True]
+    rng, wrong, right = random.Random(7), DEFAULT.revision_wrong, DEFAULT.revision_right
     revised_right, revisions = 0, 0
     for _ in range(800):
         e = chain_exclusion.example(tokenizer, rng)

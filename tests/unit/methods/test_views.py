@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import AlgorithmConfig, load_config
+from core.config import AlgorithmConfig, ConfigError, load_config
 from core.prompts import render_prompt_ids
 from core.records import Revision, Sample
 from core.views import VocabularyMismatch, assert_shared_vocabulary, student_input
 from learner.logprobs import score_responses
 from methods import METHODS as REGISTRY
 from methods import configure
-from methods.hsd import PEER_TEMPLATE, hsd_input
-from methods.opsd import ANSWER_TEMPLATE, CONTEXT_CLOSING, opsd_input
+from methods.hsd import hsd_input
+from methods.opsd import opsd_input
 from methods.peers import CarriedPeer, NoPeer, PeerSource, PeerTag
-from methods.sdzero import REVISION_PHRASES, sdzero_input
+from methods.sdzero import sdzero_input
+from methods.templates import DEFAULT
 from tests.unit.core.records_factory import make_group
 
 PROMPT = "Compute 12+7*3 step by step."
@@ -53,15 +54,15 @@ def _explicit(method: str, tokenizer, y: list[int]) -> list[int]:
     if method == "student":
         return render_prompt_ids(tokenizer, PROMPT) + y
     if method == "opsd":
-        return _template_ids(tokenizer, PROMPT + ANSWER_TEMPLATE.format(answer=ANSWER) + CONTEXT_CLOSING) + y
+        return _template_ids(tokenizer, PROMPT + DEFAULT.answer.format(answer=ANSWER) + DEFAULT.closing) + y
     if method == "hsd":
-        return _template_ids(tokenizer, PROMPT + PEER_TEMPLATE.format(peer=PEER) + CONTEXT_CLOSING) + y
+        return _template_ids(tokenizer, PROMPT + DEFAULT.peer.format(peer=PEER) + DEFAULT.closing) + y
     if method == "hsd+answer":
-        return _template_ids(tokenizer, PROMPT + PEER_TEMPLATE.format(peer=PEER)
-                             + ANSWER_TEMPLATE.format(answer=ANSWER) + CONTEXT_CLOSING) + y
+        return _template_ids(tokenizer, PROMPT + DEFAULT.peer.format(peer=PEER)
+                             + DEFAULT.answer.format(answer=ANSWER) + DEFAULT.closing) + y
     assert method.startswith("sdzero")
     success = method.endswith("ok")
-    phrase = tokenizer.encode("\n\n" + REVISION_PHRASES[success] + "\n\n", add_special_tokens=False)
+    phrase = tokenizer.encode("\n\n" + DEFAULT.revision(success) + "\n\n", add_special_tokens=False)
     return _template_ids(tokenizer, PROMPT) + y[:-1] + phrase + y  # first copy drops the EOS
 
 
@@ -117,20 +118,53 @@ def test_sdzero_first_copy_drops_only_trailing_stop_tokens(tokenizer):
     assert "Wait, this response is wrong. Let me correct it." in wrong
 
 
+def test_the_configured_wording_reaches_every_teacher_and_the_reviser(tokenizer):
+    config = load_config(environ={}, overrides=[
+        'algorithm.peer_template="\\n\\nSo loest man es:\\n{peer}"', 'algorithm.answer_template=" (Antwort {answer})"',
+        'algorithm.teacher_closing="\\n\\nJetzt du."', 'algorithm.revision_wrong="Falsch. Noch einmal."',
+        'algorithm.revision_right="Richtig. Anders gesagt:"'])
+    group = make_group(prompt=PROMPT, answer=ANSWER)
+    success = [s.success for s in group.samples]
+    failed, right = success.index(False), success.index(True)
+    tag = PeerTag(PeerSource.GROUP, index=right)
+    text = {}
+    for name in ("hsd", "opsd", "sdzero"):
+        algo = AlgorithmConfig(**{**config.algorithm.model_dump(), "method": name})
+        view = REGISTRY[name](algo).teacher_view(tokenizer, group, failed, tag)
+        text[name] = tokenizer.decode(view.ids[: view.start])
+    assert "So loest man es:" not in text["opsd"] and " (Antwort 33)\n\nJetzt du." in text["opsd"]
+    assert "So loest man es:\n" + group.samples[right].text + "\n\nJetzt du." in text["hsd"]
+    assert text["sdzero"].endswith("\n\nFalsch. Noch einmal.\n\n") and "Wait" not in text["sdzero"]
+    srt = REGISTRY["srt"](AlgorithmConfig(**{**config.algorithm.model_dump(), "method": "srt",
+                                              "srt_revise_correct": True}))
+    contexts = srt.revision_contexts(tokenizer, PROMPT, [s.ids.tolist() for s in group.samples], success)
+    assert tokenizer.decode(contexts[right]).endswith("\n\nRichtig. Anders gesagt:\n\n")  # what the actor samples from
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ('algorithm.peer_template="Here: {solution}"', r"peer_template: must hold \{peer\} and no other field"),
+    ('algorithm.answer_template="no field"', r"answer_template: must hold \{answer\}"),
+    ('algorithm.peer_template="{peer"', r"peer_template: .*"),
+])
+def test_a_template_without_its_field_fails_at_start(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(environ={}, overrides=[override])
+
+
 def test_without_a_chat_template_messages_are_joined(tokenizer):
     plain = type(tokenizer).from_pretrained(tokenizer.name_or_path)
     plain.chat_template = None
     ids = render_prompt_ids(plain, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
     assert plain.decode(ids) == "S\n\nU\n\n"
     built = opsd_input(plain, "U", [5, 6], "42")
-    assert plain.decode(built.ids[: built.start]) == "U" + ANSWER_TEMPLATE.format(answer="42") + CONTEXT_CLOSING + "\n\n"
+    assert plain.decode(built.ids[: built.start]) == "U" + DEFAULT.answer.format(answer="42") + DEFAULT.closing + "\n\n"
 
 
 def test_chat_messages_get_the_context_on_the_last_user_turn(tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
     text = tokenizer.decode(opsd_input(tokenizer, messages, [5], ANSWER).ids)
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" + PROMPT
-                           + ANSWER_TEMPLATE.format(answer=ANSWER))
+                           + DEFAULT.answer.format(answer=ANSWER))
 
 
 def _group(response, answer=ANSWER):
@@ -230,7 +264,7 @@ def test_srt_trains_which_revisions(tokenizer, response, attempt_ok, revision_ok
     assert len(samples) == stages
     if stages == 1:
         assert samples[0].student.ids[-3:] == [5, 6, tokenizer.eos_token_id] and samples[0].student.length == 3
-        assert REVISION_PHRASES[True] in tokenizer.decode(samples[0].student.ids)
+        assert DEFAULT.revision_right in tokenizer.decode(samples[0].student.ids)
 
 
 def test_srt_actors_revise_wrong_attempts_unless_asked_for_right_ones_too(tokenizer):
@@ -242,3 +276,29 @@ def test_srt_actors_revise_wrong_attempts_unless_asked_for_right_ones_too(tokeni
     both = REGISTRY["srt"](AlgorithmConfig(method="srt", srt_revise_correct=True))
     assert both.revision_contexts(tokenizer, PROMPT, attempts, successes) == \
         [reviser_context(tokenizer, PROMPT, a, s) for a, s in zip(attempts, successes, strict=True)]
+
+
+THINKING_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                     "<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+                     "<think></think>{% endif %}")
+
+
+def test_chat_template_arguments_reach_every_prompt_the_learner_renders(tiny_model_dir, tmp_path):
+    """Qwen3's thinking switch: model.chat_template_kwargs, bound where the learner loads its
+    tokenizer, reaches the student's prompt and every teacher's context alike."""
+    import shutil
+
+    from learner.service import load_trainer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text(THINKING_TEMPLATE)
+    off = load_config(environ={}, overrides=[f'model.path="{model}"', f'run.dir="{tmp_path / "run"}"',
+                                             "model.chat_template_kwargs={enable_thinking = false}"])
+    tokenizer = load_trainer(off, str(model), resume=False)[2]
+    assert tokenizer.decode(render_prompt_ids(tokenizer, PROMPT)).endswith("assistant\n<think></think>")
+    teacher = hsd_input(tokenizer, PROMPT, [5, 6], PEER)
+    assert tokenizer.decode(teacher.ids[: teacher.start]).endswith("assistant\n<think></think>")
+    plain = load_trainer(load_config(environ={}, overrides=[f'run.dir="{tmp_path / "run"}"']), str(model),
+                         resume=False)[2]
+    assert tokenizer.decode(render_prompt_ids(plain, PROMPT)).endswith("assistant\n")
