@@ -32,14 +32,17 @@ from string import Formatter
 from typing import Any
 
 from core.tasks.base import IndexedTask, Problem, Score, Verifier, held_out, score_final_answer
+from services.errors import StartupError
 
 HUB = "hf:"
 FORMATS = (".jsonl", ".json", ".csv", ".parquet")
 BUILT_IN_REWARDS = ("math", "code", "final-answer")
 
 
-class DataError(ValueError):
-    """A data source or mapping is unusable; the message names the ``data.`` field."""
+class DataError(StartupError, ValueError):
+    """A data source or mapping is unusable; the message names the ``data.`` field. A
+    ValueError when the config is read (pydantic reports it), a StartupError when a
+    process loads the task (one line, exit 2)."""
 
 
 def _needs(package: str, what: str) -> DataError:

@@ -32,12 +32,14 @@ from typing import Any
 
 from core.tasks.base import Score
 from core.tasks.sandbox import Limits, Sandbox, make_sandbox
+from services.errors import StartupError
 
 RewardFn = Callable[[str, dict[str, Any]], Any]
 
 
-class PluginError(ValueError):
-    """The plug-in named in ``data.reward`` cannot be loaded; the message names it."""
+class PluginError(StartupError, ValueError):
+    """The plug-in named in ``data.reward`` cannot be loaded; the message names it (read
+    like :class:`core.tasks.data.DataError`)."""
 
 
 def _split(spec: str) -> tuple[str, str]:

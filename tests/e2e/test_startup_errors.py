@@ -85,3 +85,14 @@ def test_plot_and_compare_without_matplotlib_say_so(tmp_path):
                              capture_output=True, text=True, timeout=120)
         _one_line_exit_2(out, command[0], "the figures need matplotlib: pip install matplotlib")
     assert not (tmp_path / "cmp").exists()  # compare stopped before any run
+
+
+def test_a_data_row_that_breaks_the_mapping_stops_the_run_in_one_line(tmp_path):
+    """The first row passes the check when the config is read; the third, without an
+    answer, fails when the learner loads the task — one line naming the field and the row."""
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"id": "a", "prompt": "1+1", "answer": "2"}\n{"id": "b", "prompt": "2+2", "answer": "4"}\n'
+                     '{"id": "c", "prompt": "3+3"}\n')
+    out = _hsd("run", "--run-dir", str(tmp_path / "run"), "--steps", "1", "--set", 'actor.task="data"',
+               "--set", f'data.train="{train}"')
+    _one_line_exit_2(out, "run", "learner exited with 2 while starting", "data.answer_field: row c has no 'answer'")
