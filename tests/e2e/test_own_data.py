@@ -17,7 +17,7 @@ def final_answer(completion, fields):
     """A success when the text after the last #### is the answer; each call's problem id
     goes to a file, so the test sees that this function scored the rollouts, on which rows."""
     with open(__file__ + ".calls", "a") as calls:
-        calls.write(fields["id"] + "\n")
+        calls.write(fields["id"] + "\\n")
     return completion.rsplit("####", 1)[-1].strip() == fields["answer"]
 '''
 

@@ -294,3 +294,18 @@ def test_the_autoscaler_reaches_n_actors_for_n_batches_of_work_and_admission_can
     assert admission_capacity(config) >= high * batch, (admission_capacity(config), high, batch)
     bigger = load_config(environ={}, overrides=["learner.admission_groups=96"])
     assert admission_capacity(bigger) == 96  # a larger fleet: raise admission (more groups go stale)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_slow_starts_get_a_startup_probe_and_the_held_out_panel_has_data(overlay):
+    """A model that takes minutes to load must not be killed for it, nor a hung process be
+    left alone for ten minutes: a startup probe, then a liveness probe without a long delay."""
+    docs = _build(overlay)
+    for kind, name in (("StatefulSet", "hsd-learner"), ("Deployment", "hsd-actor")):
+        (container,) = [c for d in docs if d["kind"] == kind and d["metadata"]["name"] == name
+                        for c in d["spec"]["template"]["spec"]["containers"]]
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200, name
+        assert liveness.get("initialDelaySeconds", 0) <= 60, name
+    config = _overlay_config(overlay)
+    assert config.learner.eval_every > 0  # the held-out accuracy panel and HsdHeldOutAccuracyRegressed read it
