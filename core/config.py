@@ -608,6 +608,8 @@ def _type_name(annotation: Any) -> str:
     args = [a for a in get_args(annotation) if a is not type(None)]
     if get_origin(annotation) is Literal:
         return "|".join(str(a) for a in get_args(annotation))
+    if get_origin(annotation) in (list, dict):
+        return get_origin(annotation).__name__
     if len(args) == 1:  # X | None
         return _type_name(args[0])
     return getattr(annotation, "__name__", str(annotation))

@@ -68,10 +68,16 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from core.tasks import configured_task, make_task
     from services.apps.verify import main as verify_main
 
     try:
-        return verify_main(args.task, args.input, args.output, args.workers, args.allow_unsandboxed)
+        if args.task == "data":  # the run's own reward: its [data] section
+            extra = {"actor": {"allow_unsandboxed_code": True}} if args.allow_unsandboxed else None
+            task = configured_task(_load(args, extra))
+        else:
+            task = make_task(args.task, allow_unsandboxed=args.allow_unsandboxed)
+        return verify_main(task, args.input, args.output, args.workers)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"hsd verify: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -459,7 +465,9 @@ def _actor_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _verify_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME")
+    p.add_argument("--task", required=True,
+                   help="math | code | arith | gsm8k | humaneval | math:FILE | gym:NAME | data (with --config: its reward)")
+    _config_flags(p)
     p.add_argument("--input", required=True, metavar="FILE.jsonl")
     p.add_argument("--output", metavar="FILE", help="default: stdout")
     p.add_argument("--workers", type=int, default=4)

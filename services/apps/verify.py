@@ -1,4 +1,5 @@
-"""``hsd verify --task T --input FILE.jsonl [--output FILE] [--workers N]``.
+"""``hsd verify --task T --input FILE.jsonl [--output FILE] [--workers N]``; ``--task data
+--config FILE`` scores with that run's ``[data]`` reward (your plug-in, sandboxed as configured).
 
 One output line per input line, ``{"reward", "success", "error"}``, in input order, then a
 summary line ``{"summary": {"n", "successes", "success_rate", "reward_mean", "errors"}}``.
@@ -12,7 +13,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from core.tasks import Score, Task, make_task
+from core.tasks import Score, Task
 
 
 def _score_line(task: Task, line: str) -> Score:
@@ -43,9 +44,7 @@ def verify_file(task: Task, lines: list[str], out: TextIO, workers: int = 4) -> 
     return summary
 
 
-def main(task_name: str, input_path: str, output_path: str | None, workers: int,
-         allow_unsandboxed: bool = False) -> int:
-    task = make_task(task_name, allow_unsandboxed=allow_unsandboxed)
+def main(task: Task, input_path: str, output_path: str | None, workers: int) -> int:
     with open(input_path) as f:
         lines = f.read().splitlines()
     if output_path:

@@ -173,3 +173,20 @@ def test_hsd_verify_cli_writes_a_line_per_input_and_a_summary(tmp_path, humaneva
     bad = subprocess.run([sys.executable, "-m", "services.apps.cli", "verify", "--task", "nope", "--input", str(src)],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown task" in bad.stderr
+
+
+def test_hsd_verify_scores_with_a_runs_own_reward_plugin(tmp_path):
+    (tmp_path / "reward.py").write_text("def score(completion, fields):\n"
+                                        "    return {'reward': float(completion.strip() == fields['answer'])}\n")
+    (tmp_path / "train.jsonl").write_text("".join(f'{{"id": "{n}", "prompt": "{n}+1", "answer": "{n + 1}"}}\n'
+                                                  for n in range(4)))
+    (tmp_path / "job.toml").write_text(f'[actor]\ntask = "data"\n[data]\ntrain = "{tmp_path / "train.jsonl"}"\n'
+                                       f'reward = "{tmp_path / "reward.py"}:score"\n')
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"completion": "2", "answer": "2"}\n{"completion": "3", "answer": "2"}\n')
+    done = subprocess.run([sys.executable, "-m", "services.apps.cli", "verify", "--task", "data", "--config",
+                           str(tmp_path / "job.toml"), "--input", str(src)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(line["reward"], line["success"]) for line in lines[:2]] == [(1.0, True), (0.0, False)]
+    assert lines[2]["summary"]["successes"] == 1
