@@ -508,7 +508,8 @@ def _format_errors(err: ValidationError) -> str:
         if isinstance(e.get("input"), Mapping):
             got = ""
         message = e["msg"].removeprefix("Value error, ")
-        if isinstance(e.get("input"), Mapping) and message.startswith(f"{'' if path == '<root>' else path + '.'}"):
+        own_prefix = "" if path == "<root>" else f"{path}."
+        if isinstance(e.get("input"), Mapping) and message.startswith(own_prefix):
             lines.append(f"  {message}")  # a section's own check, whose message names the field
         else:
             lines.append(f"  {path}: {message}{got}")

@@ -66,6 +66,14 @@ def _datasets():
     return datasets
 
 
+def _parquet():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise _needs("pyarrow", "a .parquet file") from None
+    return pq
+
+
 def _dataset_split(loaded: Any, split: str, field: str, source: str) -> Any:
     if hasattr(loaded, "column_names") and not isinstance(loaded.column_names, dict):
         return loaded  # a Dataset: one split
@@ -100,11 +108,7 @@ def load_rows(source: str, split: str, subset: str | None = None, field: str = "
                 return list(csv.DictReader(f))
     except json.JSONDecodeError as err:
         raise DataError(f"{field}: {source!r} is not valid JSON: {err}") from None
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise _needs("pyarrow", "a .parquet file") from None
-    return pq.read_table(path).to_pylist()
+    return _parquet().read_table(path).to_pylist()
 
 
 def _columns(source: str, split: str, field: str) -> list[str] | None:
@@ -112,12 +116,10 @@ def _columns(source: str, split: str, field: str) -> list[str] | None:
     if source.startswith(HUB):
         return None
     path = _local(source, field)
+    if path.is_dir():  # memory-mapped: its column names without reading the rows
+        return list(_dataset_split(_datasets().load_from_disk(str(path)), split, field, source).column_names)
     if path.suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise _needs("pyarrow", "a .parquet file") from None
-        return list(pq.read_schema(path).names)
+        return list(_parquet().read_schema(path).names)
     if path.suffix == ".jsonl":
         with path.open() as f:
             first = next((line for line in f if line.strip()), None)
