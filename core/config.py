@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.method_registry import MethodName
 from core.tasks import check_task_name
 
 ENV_PREFIX = "HSD_"
@@ -167,6 +168,14 @@ class LearnerConfig(_Section):
     """AdamW weight decay"""
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     """the global gradient norm is clipped to this before each optimiser step"""
+    lora_rank: Annotated[int, Field(ge=0)] = 0
+    """LoRA adapters of this rank train in place of the full weights (learner.lora; published merged); 0: full fine-tuning"""
+    lora_alpha: Annotated[float, Field(gt=0)] = 16.0
+    """LoRA's α: the adapters' update is (α / lora_rank)·B·A"""
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """dropout on the adapters' input while training"""
+    lora_target_modules: str = "all-linear"
+    """the layers that get adapters: all-linear (every linear layer but the output head) or module names, comma-separated (q_proj,v_proj)"""
     epochs: Annotated[int, Field(ge=1)] = 1
     """optimiser passes over each batch (the PPO clip applies from the second)"""
     microbatch_tokens: Annotated[int, Field(ge=1)] = 8192
@@ -206,12 +215,17 @@ class LearnerConfig(_Section):
 
     @model_validator(mode="after")
     def _engine_is_usable(self) -> LearnerConfig:
+        import importlib.util
+
+        if self.lora_rank:
+            if self.engine != "torch":
+                raise ValueError("lora_rank > 0 needs engine 'torch' (DeepSpeed's engine wraps the model)")
+            if importlib.util.find_spec("peft") is None:
+                raise ValueError("lora_rank > 0 needs the peft package: pip install 'hsd[lora]'")
         if self.engine != "deepspeed":
             if self.processes > 1:
                 raise ValueError("processes > 1 needs engine 'deepspeed'")
             return self
-        import importlib.util
-
         if self.compile:
             raise ValueError("compile is built for engine 'torch' (DeepSpeed's engine wraps the model)")
         if importlib.util.find_spec("deepspeed") is None:
@@ -224,9 +238,9 @@ class LearnerConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    # one module each in methods/ (their defaults and checks: methods.configure)
-    method: Literal["grpo", "hsd", "sdzero", "opsd", "srt", "rft"] = "hsd"
-    """grpo, hsd, opsd, sdzero, srt or rft (one module each in methods/; its defaults: the module's Method.defaults)"""
+    # core.method_registry: one module each in methods/ (their defaults and checks: methods.configure)
+    method: MethodName = "hsd"
+    """grpo, hsd, opsd, sdzero, srt or rft (core.method_registry; one module each in methods/; its defaults: the module's Method.defaults)"""
     advantage: Literal["grpo", "dr_grpo", "none"] = "grpo"
     """outcome advantage A_i: grpo ((r − mean)/std), dr_grpo (r − mean) or none"""
     loss: Literal["sampled", "topk"] = "sampled"
@@ -256,7 +270,9 @@ class AlgorithmConfig(_Section):
     peer_source: Literal["group", "placebo", "reference"] = "group"
     """HSD's peer: group (a success of the same group), placebo (another prompt's) or reference"""
     kl_coef: Annotated[float, Field(ge=0)] = 0.0
-    """β: sampled reverse-KL penalty to the initial weights in the advantage (0: none)"""
+    """β: sampled reverse-KL penalty to the initial weights (or kl_reference) in the advantage (0: none)"""
+    kl_reference: str | None = None
+    """the model kl_coef pulls towards (a model folder, hub id or shipped name; same vocabulary); unset: the initial weights"""
     # srt: also revise right attempts (their revisions train stage 2 only; off: the reference's
     # default, REVISE_CORRECT=0)
     srt_revise_correct: bool = False
@@ -312,6 +328,8 @@ class AlgorithmConfig(_Section):
 
     @model_validator(mode="after")
     def _bands(self) -> AlgorithmConfig:
+        if self.kl_reference is not None and self.kl_coef == 0:
+            raise ValueError("kl_reference is set but kl_coef is 0: the reference would pull with weight 0")
         if self.is_rho_min >= self.is_rho_max:
             raise ValueError(
                 f"is_rho_min ({self.is_rho_min}) must be below is_rho_max ({self.is_rho_max})"

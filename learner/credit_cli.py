@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from core.config import AlgorithmConfig
+from core.method_registry import METHOD_REGISTRY
 from core.prompts import render_prompt_ids
 from core.records import RolloutGroup, Sample
 from core.views import student_input
@@ -26,8 +27,8 @@ from methods import make_method
 from methods.credit import divergence_position, token_credit
 from methods.peers import PeerSource, PeerTag
 
-METHOD_FOR_INPUT = {"peer": "hsd", "answer": "opsd", "reward": "sdzero"}
-INPUT_FOR_METHOD = {m: flag for flag, m in METHOD_FOR_INPUT.items()}
+INPUT_FOR_METHOD = {m: e.teacher_reads for m, e in METHOD_REGISTRY.items() if e.teacher_reads}
+METHOD_FOR_INPUT = {flag: m for m, flag in INPUT_FOR_METHOD.items()}
 
 
 def _sample(ids: list[int], text: str, success: bool) -> Sample:

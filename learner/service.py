@@ -46,7 +46,6 @@ from learner.lr_schedule import lr_factor
 from learner.replay import ReplayBuffer, ReplaySettings, TaggedGroup
 from learner.step_log import StepLog
 from learner.trainer import StepResult
-from methods import make_method
 from methods.base import TrainingSample
 from methods.credit import CreditProfile, credit_profile
 from services.errors import StartupError
@@ -74,7 +73,7 @@ class Learner:
         self.step_log = StepLog(self.run_dir, config.run.steps, curve_sinks(config, self.run_dir))
         self.stop_event = threading.Event()
         resume_from, self.model, self.tokenizer, self.trainer = load_trainer(config, model_path, resume, force_config)
-        self.method = make_method(config.algorithm)
+        self.method = self.trainer.method  # one instance a process: the trainer's
         self.step, self.version = 0, 0
         if resume_from:
             meta = ckpt.read_meta(resume_from)
@@ -428,7 +427,9 @@ def load_trainer(config: Config, model_path: str, resume: bool, force_config: bo
     resume_from = ckpt.latest(Path(config.run.dir) / "checkpoints") if resume else None
     if resume_from is not None and not force_config:
         check_resumable(ckpt.read_meta(resume_from), config, resume_from)
-    load_from = str(resume_from / "model") if resume_from else model_path
+    # with LoRA the checkpoint's model is merged: the base comes from model.path, the adapters
+    # from the checkpoint's trainer state (learner.lora)
+    load_from = str(resume_from / "model") if resume_from and not config.learner.lora_rank else model_path
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = None if config.model.dtype == "auto" else getattr(torch, config.model.dtype)
     remote = config.model.trust_remote_code
@@ -436,6 +437,10 @@ def load_trainer(config: Config, model_path: str, resume: bool, force_config: bo
                                          config.model.chat_template_kwargs)
     assert_shared_vocabulary(tokenizer, AutoTokenizer.from_pretrained(model_path, trust_remote_code=remote))
     model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, trust_remote_code=remote).to(device)
+    if config.learner.lora_rank:
+        from learner.lora import add_adapters
+
+        model = add_adapters(model, config.learner)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return resume_from, model, tokenizer, make_trainer(model, config, pad)
 

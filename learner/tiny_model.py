@@ -100,7 +100,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HSD_CACHE", Path.home() / ".cache" / "hsd"))
 
 
-def hub_snapshot(repo_id: str) -> str:
+def hub_snapshot(repo_id: str, field: str = "model.path") -> str:
     """The local folder of hub model ``repo_id``: downloaded where a hub is reachable, else
     the copy in the Hugging Face cache; neither: a one-line StartupError. Every process
     (learner, hf and vLLM actors) then reads the same folder, so a hub id works wherever a
@@ -111,27 +111,27 @@ def hub_snapshot(repo_id: str) -> str:
         return snapshot_download(repo_id, allow_patterns=HUB_FILES)
     except Exception as err:  # offline, no such repo, gated: say which and how to fix it
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise StartupError(f"model.path: {repo_id!r} is no local folder and cannot be fetched from the hub here "
+        raise StartupError(f"{field}: {repo_id!r} is no local folder and cannot be fetched from the hub here "
                            f"({type(err).__name__}: {reason[:200]}); give a model folder, or download it first "
                            "(huggingface-cli download) into the cache this process reads (HF_HOME)") from None
 
 
-def resolve_model(path: str) -> str:
+def resolve_model(path: str, field: str = "model.path") -> str:
     """A model folder as is; a hub id: its local snapshot (:func:`hub_snapshot`); a name of
     :data:`SHIPPED`: that shipped model, so that every machine starts from the same weights (``tiny``: rebuilt with ``hsd warm-start
     --task chain --out DIR``); ``tiny-arith``: the built-in model warm-started on the
     arithmetic task, built once and cached under $HSD_CACHE (a file lock makes concurrent
-    first starts build it once)."""
+    first starts build it once). ``field``: the config field its errors name."""
     if path in SHIPPED:
         return str(SHIPPED[path])
     if path != TINY_ARITH:
         local = Path(path).expanduser()
         if local.exists() or path.startswith(("/", ".", "~")):
             if not (local / "config.json").is_file():
-                raise StartupError(f"model.path: {path!r} is not a model folder (no config.json there); "
+                raise StartupError(f"{field}: {path!r} is not a model folder (no config.json there); "
                                    f"give a Hugging Face folder, a hub id, {TINY!r} or {TINY_ARITH!r}")
             return str(local)
-        return hub_snapshot(path)
+        return hub_snapshot(path, field)
     target = cache_dir() / "models" / f"tiny-arith-{TINY_VERSION}"
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.parent / f".tiny-arith-{TINY_VERSION}.lock"

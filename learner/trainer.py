@@ -3,10 +3,10 @@
 Per step, then per micro-batch (grouped to a token budget) for each of ``epochs`` passes:
 
 1. teacher passes (no grad, once per step, batched by teacher view: learner.batch.teacher_batches):
-   log π_T(y_t | c, y_<t) at y's positions of the teacher view, and for ``topk`` the
-   teacher's top-k logits there; a context c that several samples share (HSD's prompt +
-   peer, OPSD's prompt + answer) is run once and its KV cache reused
-   (learner.logprobs.shared_prefix_hidden);
+   log π_T(y_t | c, y_<t) at y's positions of the teacher view, and the teacher's top-k
+   logits there where the method's loss reads them (``Method.teacher_topk``); a context c
+   that several samples share (HSD's prompt + peer, OPSD's prompt + answer) is run once
+   and its KV cache reused (learner.logprobs.shared_prefix_hidden);
 2. student pass (grad): log π_θ(y_t | x, y_<t); in the first epoch these, detached, are
    π_θold — no separate forward;
 3. IS weights w_t from π_θold/μ (learner.staleness), then the method's loss
@@ -54,6 +54,7 @@ from learner.logprobs import (
     token_entropy,
     token_logprobs,
 )
+from learner.lora import adapter_state_dict, load_adapters, merged_state_dict
 from learner.precision import MasterWeights
 from learner.staleness import importance_weights, prefix_weights
 from learner.teacher import FrozenTeacher, TeacherPolicy, make_teacher_policy
@@ -89,6 +90,26 @@ def _pad_topk(rows: Sequence[torch.Tensor | None], width: int, k: int, dtype: to
     return out
 
 
+def load_reference(config: Config, student: torch.nn.Module) -> torch.nn.Module:
+    """``algorithm.kl_reference``'s model, on the student's device and in its dtype
+    (StartupError naming the field where it is no model, or its tokenizer maps tokens to
+    other ids than the student's: the penalty compares log-probs of the same token ids)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.views import VocabularyMismatch, assert_shared_vocabulary
+    from learner.tiny_model import resolve_model
+    from services.errors import StartupError
+
+    path = resolve_model(config.algorithm.kl_reference, "algorithm.kl_reference")
+    try:
+        assert_shared_vocabulary(AutoTokenizer.from_pretrained(resolve_model(config.model.path)),
+                                 AutoTokenizer.from_pretrained(path))
+    except VocabularyMismatch as err:
+        raise StartupError(f"algorithm.kl_reference: {config.algorithm.kl_reference!r}: {err}") from None
+    weight = next(student.parameters())
+    return AutoModelForCausalLM.from_pretrained(path, dtype=weight.dtype).to(weight.device)
+
+
 class TorchTrainer:
     # The DeepSpeed engine (learner.deepspeed_trainer) keeps its own optimiser precision.
     uses_master_weights = True
@@ -102,6 +123,7 @@ class TorchTrainer:
         self.method = make_method(config.algorithm)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
+        self.lora = config.learner.lora_rank > 0  # learner.lora: only the adapters train; published merged
         self.temperature = config.actor.temperature
         self.chunk_tokens = config.learner.head_chunk_tokens
         if config.learner.activation_checkpointing:
@@ -118,9 +140,12 @@ class TorchTrainer:
         self.teacher = teacher or make_teacher_policy(
             self.algo.teacher, model, ema_decay=self.algo.teacher_ema_decay,
             sync_every=self.algo.teacher_sync_every)
-        # θ0 for the KL penalty (algorithm.kl_coef): a frozen teacher already holds it
+        # the KL penalty's reference (algorithm.kl_coef): a model of its own (kl_reference),
+        # else θ0, which a frozen teacher already holds
         self.reference: FrozenTeacher | None = None
-        if self.algo.kl_coef > 0:
+        if self.algo.kl_reference is not None:
+            self.reference = FrozenTeacher(load_reference(config, model))
+        elif self.algo.kl_coef > 0:
             self.reference = self.teacher if isinstance(self.teacher, FrozenTeacher) else FrozenTeacher(model)
         # float32 parameters compute in bf16 on CUDA; low-precision parameters in their dtype
         autocast = on_cuda and param_dtype == torch.float32
@@ -195,8 +220,9 @@ class TorchTrainer:
         return credit, is_stats, totals
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole weights, for publication and the Hugging Face checkpoint."""
-        return self.model.state_dict()
+        """The whole weights, for publication and the Hugging Face checkpoint (with LoRA:
+        merged, under the model's own names)."""
+        return merged_state_dict(self.model) if self.lora else self.model.state_dict()
 
     def policy_states(self) -> dict[str, Any]:
         """The teacher's state, and θ0's where the KL penalty keeps a copy of its own."""
@@ -214,11 +240,17 @@ class TorchTrainer:
     def save_state(self, directory: Path) -> None:
         """Optimiser and teacher state into ``directory`` (a checkpoint being written)."""
         torch.save({"optimizer": self.optimizer.state_dict(), **self.policy_states(),
-                    "masters": self.masters.state_dict() if self.masters else None},
+                    "masters": self.masters.state_dict() if self.masters else None,
+                    "adapters": adapter_state_dict(self.model) if self.lora else None},
                    directory / "optimizer.pt")
 
     def load_state(self, directory: Path) -> None:
         state = torch.load(directory / "optimizer.pt", weights_only=True)
+        if self.lora:
+            if state.get("adapters") is None:
+                raise ValueError("the checkpoint holds no LoRA adapters (it was written by a run without "
+                                 "learner.lora_rank)")
+            load_adapters(self.model, state["adapters"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_policy_states(state)
         if self.masters and state.get("masters") is not None:
@@ -302,7 +334,7 @@ class TorchTrainer:
         module = self.teacher.module(self.model)
         was_training = module.training
         module.eval()
-        topk = self.algo.topk if self.algo.loss == "topk" else 0
+        topk = self.method.teacher_topk
         for batch in plan:
             if not batch:
                 self.idle_teacher_pass(samples[0])
@@ -346,7 +378,7 @@ class TorchTrainer:
         reference = _pad_rows([reference_lp[k] for k in mb], width).to(dev) if reference_lp else None
         teacher_logprobs = top_values = top_ids = None
         if bool(distilled.any()):
-            if self.algo.loss == "sampled":
+            if not self.method.teacher_topk:
                 teacher_logprobs = _pad_rows([teacher_lp.get(k, torch.zeros(0)) for k in mb], width).to(dev)
             else:
                 tops = [teacher_top.get(k) for k in mb]

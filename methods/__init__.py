@@ -1,21 +1,29 @@
 """Training methods, one module each, behind :class:`methods.base.Method`.
 
-Adding a method: a module with a ``Method`` subclass, one line in ``METHODS`` and its name
-in ``core.config.AlgorithmConfig.method``.
+Adding a method: a module with a ``Method`` subclass and one entry in
+:data:`core.method_registry.METHOD_REGISTRY`, from which :data:`METHODS` is built.
 """
 
 from __future__ import annotations
 
-from core.config import AlgorithmConfig, Config, ConfigError
-from methods.base import Method
-from methods.grpo import GRPO
-from methods.hsd import HSD
-from methods.opsd import OPSD
-from methods.rft import RFT
-from methods.sdzero import SDZero
-from methods.srt import SRT
+import importlib
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (GRPO, HSD, OPSD, SDZero, SRT, RFT)}
+from core.config import AlgorithmConfig, Config, ConfigError
+from core.method_registry import METHOD_REGISTRY
+from methods.base import Method
+
+
+def _implementation(name: str, module: str) -> type[Method]:
+    """The ``Method`` subclass named ``name`` in ``module`` (ImportError where it has none:
+    a registry entry pointing at the wrong module fails on the first import of methods)."""
+    found = [c for c in vars(importlib.import_module(module)).values()
+             if isinstance(c, type) and issubclass(c, Method) and c.__dict__.get("name") == name]
+    if len(found) != 1:
+        raise ImportError(f"{module} defines {len(found)} Method subclasses named {name!r}, not one")
+    return found[0]
+
+
+METHODS: dict[str, type[Method]] = {name: _implementation(name, e.module) for name, e in METHOD_REGISTRY.items()}
 
 
 def make_method(algo: AlgorithmConfig) -> Method:

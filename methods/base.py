@@ -6,6 +6,7 @@
     replay    wants_peers               tag every sample with a successful peer
               reads_peer                the teacher reads that peer (peer_source ablations)
     learner   training_samples(...)     student view, teacher view, outcome advantage A_i
+              teacher_topk              what the loss reads of the teacher (top-k logits or log π_T)
               loss(terms)               the method's loss terms from methods.losses / .credit
     start     defaults                  algorithm settings the method's paper uses, applied
                                         where the run leaves a field unset (methods.configure)
@@ -142,6 +143,13 @@ class Method:
         return out
 
     # ------------------------------------------------------------------ learner: loss
+
+    @property
+    def teacher_topk(self) -> int:
+        """What the loss reads of the teacher at a distilled token: its k largest logits
+        (``teacher_topk_logits``) where k > 0, its log-prob of the sampled token
+        (``teacher_logprobs``) where 0. The trainer scores the teacher for exactly this."""
+        return self.algo.topk if self.algo.loss == "topk" else 0
 
     def loss(self, t: LossTerms) -> torch.Tensor:
         """Policy gradient with A_t = A_i + λ·δ_t (loss ``sampled``), or with A_i plus

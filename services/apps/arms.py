@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.method_registry import METHOD_REGISTRY
+
 BASELINE = "grpo"
 FROZEN = 'algorithm.teacher="frozen"'
 SYNC_EVERY = 4  # steps between copies of sdzero-sync's teacher: three copies in a 12-step run
@@ -26,7 +28,7 @@ class Arm:
     what: str  # what the arm is, for the table's legend
 
 
-ARMS: dict[str, Arm] = {a.name: a for a in (
+NAMED_ARMS: dict[str, Arm] = {a.name: a for a in (
     Arm("grpo", "grpo", (), "the baseline: outcome advantage only"),
     Arm("grpo-kl0.01", "grpo", ("algorithm.kl_coef=0.01",), "GRPO + sampled KL to θ0, β = 0.01"),
     Arm("grpo-kl0.1", "grpo", ("algorithm.kl_coef=0.1",), "GRPO + sampled KL to θ0, β = 0.1"),
@@ -44,6 +46,10 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
         f"SD-Zero with the reviser synchronised to the student every {SYNC_EVERY} steps (iterative self-evolution)"),
     Arm("rft", "rft", (), "RFT: fine-tuning on the model's own successful samples (SD-Zero's baseline)"),
 )}
+# every registered method is an arm at its own settings, under its name, unless named above
+# (a method added to the registry is in `hsd compare --arms` with no edit here)
+ARMS: dict[str, Arm] = {**NAMED_ARMS, **{m: Arm(m, m, (), e.summary) for m, e in METHOD_REGISTRY.items()
+                                         if e.is_arm and m not in NAMED_ARMS}}
 
 # (minuend, subtrahend, what the difference isolates); besides every arm − grpo
 CONTRASTS: tuple[tuple[str, str, str], ...] = (

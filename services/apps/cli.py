@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from core.method_registry import METHOD_REGISTRY  # imports nothing: the CLI's choices
+
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
 log = logging.getLogger("hsd")
@@ -371,7 +373,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       lambda c: Launcher(c, protocol.actors, resolve_model(c.model.path), show_progress=False).run())
     print("learning rates: " + ", ".join(f"{arm} {lr:g}" for arm, lr in results["lrs"].items())
           + f" (each arm's best of {', '.join(f'{x:g}' for x in protocol.lrs)} among those with no collapsed "
-          "sweep run)")
+          f"sweep run; an arm best at the largest swept on, up to {protocol.lr_extensions} steps)")
     print(markdown(results["analysis"], protocol.arms), end="")
     print(f"verdict: {json.dumps(results['analysis']['verdict'])}")
     if results["staleness"]["analysis"]:
@@ -434,7 +436,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def _run_flags(p: argparse.ArgumentParser) -> None:
     _config_flags(p)
-    p.add_argument("--method", choices=["grpo", "hsd", "sdzero", "opsd", "srt", "rft"])
+    p.add_argument("--method", choices=list(METHOD_REGISTRY))
     p.add_argument("--steps", type=int, help="optimiser steps to train")
     p.add_argument("--actors", type=int, default=2, help="actor processes (default 2)")
     p.add_argument("--run-dir", help="where logs, checkpoints and the summary go")
@@ -483,7 +485,8 @@ def _credit_flags(p: argparse.ArgumentParser) -> None:
     teacher.add_argument("--peer", help="a successful peer response (hsd)")
     teacher.add_argument("--answer", help="the reference answer (opsd)")
     teacher.add_argument("--reward", type=float, help="the response's reward, 0 or 1 (sdzero)")
-    p.add_argument("--method", choices=["hsd", "opsd", "sdzero"])
+    p.add_argument("--method", choices=[m for m, e in METHOD_REGISTRY.items() if e.teacher_reads],
+                   help="default: the method whose teacher reads the input given")
     p.add_argument("--json", action="store_true", help="print tokens, delta, divergence and both id lists")
     p.add_argument("--png", metavar="FILE", help="write a bar plot of δ_t")
 

@@ -38,6 +38,7 @@ against η and against wall-clock), ``credit_alignment.png`` (the mechanism, per
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.method_registry import METHOD_REGISTRY
 from services.apps.arms import ARMS, BASELINE, CONTROLS, Arm, contrast_name, contrasts
 from services.apps.compare_plots import plot_accuracy, plot_alignment, plot_forest, plot_staleness
 from services.apps.paired import Paired, mean_se, one_sample, paired, slope
@@ -88,6 +90,9 @@ class Protocol:
     eval_every: int = 6
     eval_problems: int = 1024
     lrs: tuple[float, ...] = (1e-4, 2e-4, 3e-4)
+    # an arm whose best lr is the sweep's largest sweeps on, a step of the grid's last spacing
+    # at a time, at most this many steps: its optimum is then bracketed or the limit is said
+    lr_extensions: int = 2
     sweep_seeds: tuple[int, ...] = (100, 101)
     srt_target: int = 1000  # verified revisions SD-Zero's phase 1 collects (the reference: 6,000 for a 4B model)
     srt_stage2: int = 200  # of them, stage 2's quota (the reference: 1,000); stage 1 takes the rest
@@ -126,7 +131,8 @@ class Experiment:
     ledger (``runs.jsonl``: its name, a key of its config hash, steps and start model, and
     its :class:`RunResult`), and a run whose key is in the ledger is not run again — so a
     comparison of hours goes on where it stopped, in the same dir (a run dir left with a
-    summary also counts) or in a new one given only the ledger. The SRT phase is the one
+    summary also counts) or in a new one given only the ledger, on any machine: the key
+    holds the start model's weights digest, not its path. The SRT phase is the one
     exception: sdzero starts from its model, so it is reused only where its dir holds the
     model of the same settings; it is seeded, so that running it again rebuilds the same
     weights, and sdzero's keys hold the SRT weights' digest, so that other weights mean new
@@ -142,6 +148,7 @@ class Experiment:
         base = make_config([])
         self.task, self.samples_per_step = base.actor.task, base.learner.batch_groups * base.actor.group_size
         self.ledger: dict[str, dict[str, Any]] = {}
+        self._identities: dict[str, str] = {}  # model path → weights_identity, hashed once
         out.mkdir(parents=True, exist_ok=True)
         if (out / LEDGER).exists():
             for number, line in enumerate((out / LEDGER).read_text().splitlines(), start=1):
@@ -161,7 +168,7 @@ class Experiment:
             f"learner.lr={lr}", f'run.name="{name}"', f'run.dir="{self.out / name}"',
             f"learner.eval_every={p.eval_every}", f"learner.eval_problems={p.eval_problems}", "learner.eval_samples=1",
             f'model.path="{model or p.warm_starts[ws]}"', f"model.max_response_tokens={p.max_response_tokens}"])
-        key = run_key(c, model_sha256)
+        key = run_key(c, model_sha256 or self._weights_identity(model or p.warm_starts[ws]))
         kept = self.ledger.get(name)
         if kept is not None and kept["key"] == key:
             log.info("%s: in the ledger with this config; its result is reused", name)
@@ -194,6 +201,11 @@ class Experiment:
             f.write(("\n" if torn else "") + json.dumps(self.ledger[name]) + "\n")
         return result
 
+    def _weights_identity(self, path: str) -> str:
+        if path not in self._identities:
+            self._identities[path] = weights_identity(path)
+        return self._identities[path]
+
     def _map(self, jobs: list[Callable[[], RunResult]]) -> list[RunResult]:
         if self.p.parallel <= 1:
             return [job() for job in jobs]
@@ -205,26 +217,43 @@ class Experiment:
         steps arguments), and the samples spent before it: sdzero's start is that warm
         start's SRT model; with ``equal_samples`` every other arm runs as many more steps
         as the SRT phase's samples fill."""
-        if ARMS[arm].method == "sdzero":
+        if METHOD_REGISTRY[ARMS[arm].method].starts_from_srt:
             return {"model": srt[ws].dir, "samples_before": srt[ws].total_samples,
                     "model_sha256": srt[ws].weights_sha256, "steps": self.p.steps}
         extra = math.ceil(srt[ws].total_samples / self.samples_per_step) if self.p.equal_samples and srt else 0
         return {"steps": self.p.steps + extra}
 
     def sweep(self, srt: list[SRTRun]) -> tuple[dict[str, float], list[RunResult]]:
-        """Every arm's lr by the same sweep and rule (:func:`best_lr`)."""
+        """Every arm's lr by the same sweep and rule (:func:`best_lr`): the protocol's lrs,
+        then, for an arm whose best is the largest so far, one step of the grid's last
+        spacing further, up to ``lr_extensions`` steps (an optimum at the edge of the
+        grid is not an optimum)."""
         p = self.p
         if len(p.lrs) == 1:
             return dict.fromkeys(p.arms, p.lrs[0]), []
-        jobs = []
-        for arm in p.arms:
+        swept = {arm: list(p.lrs) for arm in p.arms}
+
+        def jobs(arm: str, lrs: Sequence[float]) -> list[Callable[[], RunResult]]:
+            out = []
             for ws in range(len(p.warm_starts)):
                 start = self._start(arm, ws, srt)
-                jobs += [(lambda arm=arm, lr=lr, ws=ws, seed=seed, start=start: self._one(
+                out += [(lambda lr=lr, ws=ws, seed=seed, start=start: self._one(
                     f"sweep-{arm}-lr{lr:g}-ws{ws}-seed{seed}", ARMS[arm], ws, seed, lr, **start))
-                    for lr in p.lrs for seed in p.sweep_seeds]
-        runs = self._map(jobs)
-        return {arm: best_lr([r for r in runs if r.arm == arm], p.lrs) for arm in p.arms}, runs
+                    for lr in lrs for seed in p.sweep_seeds]
+            return out
+
+        runs = self._map([job for arm in p.arms for job in jobs(arm, p.lrs)])
+        step = p.lrs[-1] - p.lrs[-2]
+        for _ in range(p.lr_extensions):
+            at_edge = [arm for arm in p.arms
+                       if best_lr([r for r in runs if r.arm == arm], swept[arm]) == swept[arm][-1]]
+            if not at_edge:
+                break
+            for arm in at_edge:
+                swept[arm].append(round(swept[arm][-1] + step, 12))
+                log.info("sweep %s: its best lr is the largest swept; sweeping on at %g", arm, swept[arm][-1])
+            runs += self._map([job for arm in at_edge for job in jobs(arm, swept[arm][-1:])])
+        return {arm: best_lr([r for r in runs if r.arm == arm], swept[arm]) for arm in p.arms}, runs
 
     def srt(self) -> list[SRTRun]:
         """SD-Zero's phase 1 on each warm start, seeded by its index."""
@@ -281,16 +310,28 @@ class Experiment:
         return runs, self._map(again)
 
 
-def run_key(config: Config, model_sha256: str | None = None) -> str:
+def run_key(config: Config, model_identity: str | None = None) -> str:
     """What makes two runs the same run: the hash of the config's fields that differ from
     their defaults (so that a config field added later, at a default, keeps a ledger of
-    hours valid), its steps, and where the run starts from a model of this comparison
-    (sdzero), that model's weights digest in place of its path (which names the output dir)."""
+    hours valid), its steps, and the start model's identity (:func:`weights_identity`) in
+    place of its path, so that a ledger is valid wherever the same weights lie."""
     from core.config import config_hash
 
-    if model_sha256 is not None:
-        config = config.model_copy(update={"model": config.model.model_copy(update={"path": "srt"})})
-    return f"{config_hash(config, changed_only=True)}:{config.run.steps}:{model_sha256}"
+    if model_identity is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"path": "weights"})})
+    return f"{config_hash(config, changed_only=True)}:{config.run.steps}:{model_identity}"
+
+
+def weights_identity(path: str) -> str:
+    """A start model as a ledger key holds it: the sha256 over the sha256s of its
+    ``*.safetensors`` files where ``path`` is a folder that has them (the same weights in
+    another checkout, on another machine, key alike), else ``path`` as given (a hub id)."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    if not files:
+        return path
+    from learner.checkpoint import file_sha256
+
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
 
 
 def finished_run(config: Config, run_dir: Path) -> dict[str, Any] | None:
@@ -471,12 +512,12 @@ def compare(make_config: Callable[[list[str]], Config], protocol: Protocol, out:
 
     e = Experiment(make_config, protocol, out, run)
     task = make_config([]).actor.task
-    srt = timed("srt", e.srt) if any(ARMS[a].method == "sdzero" for a in protocol.arms) else []
+    srt = timed("srt", e.srt) if any(METHOD_REGISTRY[ARMS[a].method].starts_from_srt for a in protocol.arms) else []
     srt_gates = timed("srt_gates", lambda: [report(measure(r.dir, problems=protocol.alignment_problems // 4,
                                                            reviser_path=r.dir, task_name=task)) for r in srt])
     lrs, sweep = timed("sweep", lambda: e.sweep(srt))
     for arm in protocol.arms:
-        for x in protocol.lrs:
+        for x in sorted({r.lr for r in sweep if r.arm == arm}):
             mine = [r for r in sweep if r.arm == arm and r.lr == x]
             if mine:
                 log.info("sweep %s lr %g: mean final %.3f, %d of %d runs collapsed", arm, x,

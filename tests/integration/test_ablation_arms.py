@@ -126,3 +126,32 @@ def test_the_initial_weights_survive_a_checkpoint(tiny_model_dir, tmp_path):
     without.save_state(tmp_path)
     with pytest.raises(ValueError, match="no initial weights"):
         resumed.load_state(tmp_path)
+
+
+def test_the_kl_penalty_pulls_towards_a_reference_model_of_its_own(tiny_model_dir, tmp_path):
+    from learner.tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", seed=1)  # other weights, the same tokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    samples = build_samples(tagged(real_groups(tiny_model_dir, 2)), tok, make_method(_config().algorithm))
+    config = _config('algorithm.method="grpo"', "algorithm.kl_coef=0.1", f'algorithm.kl_reference="{other}"',
+                     f'model.path="{tiny_model_dir}"')
+    trainer = TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config, tok.pad_token_id)
+    want = AutoModelForCausalLM.from_pretrained(other).state_dict()
+    assert all(torch.equal(t, want[n]) for n, t in trainer.reference.copy.state_dict().items())
+    # at the first step the policy is θ0, which is not the reference: the penalty is on at once
+    assert trainer.train_step(samples).metrics["reference_kl"] > 0.01  # against θ0 it is 0 (the test above)
+
+    stranger = tmp_path / "stranger"  # the same model with a tokenizer that has one more token
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(stranger)
+    grown = AutoTokenizer.from_pretrained(tiny_model_dir)
+    grown.add_tokens(["<extra>"])
+    grown.save_pretrained(stranger)
+    from services.errors import StartupError
+
+    with pytest.raises(StartupError, match=r"^algorithm\.kl_reference: .*vocabularies differ"):
+        TorchTrainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), _config(
+            "algorithm.kl_coef=0.1", f'algorithm.kl_reference="{stranger}"', f'model.path="{tiny_model_dir}"'),
+            tok.pad_token_id)
+    with pytest.raises(ConfigError, match="kl_reference is set but kl_coef is 0"):
+        _config(f'algorithm.kl_reference="{other}"')

@@ -270,3 +270,42 @@ def _admit(client, run: str, n: int) -> None:
     for _ in range(n):
         p = next(problems)
         client.xadd(keys.prompts, {PROMPT_FIELD: encode_prompt(PromptItem(p.prompt_id, "arith", p.prompt, p.answer, 0))})
+
+
+def test_lora_trains_only_its_adapters_publishes_them_merged_and_resumes_them(client, tiny_model_dir, tmp_path):
+    """learner.lora_rank: the base weights stay as loaded, the checkpoint's model is a plain
+    model computing what the adapted one computes, and a resume (base from model.path,
+    adapters from the checkpoint) ends where an uninterrupted run does."""
+    groups = real_groups(tiny_model_dir, 8)
+    lora = {"learner.lora_rank": 4, "learner.lora_alpha": 8}
+
+    def trained(run: str, stops: tuple[int, ...]) -> Learner:
+        for g in groups:
+            publish_group(client, Keys(run), RolloutGroup(**{**g.__dict__, "run": run}))
+        for steps in stops:  # each a learner process: closed after its steps, the next one resumes
+            learner = _learner(client, _config(run, tmp_path, **lora), tiny_model_dir).start()
+            learner.run(steps=steps)
+            learner.close()
+        return learner
+
+    whole = trained("lora-whole", (4,))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    adapted = whole.model.state_dict()
+    trainable = {n for n, p in whole.model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    for name, tensor in adapted.items():
+        if ".lora_" not in name:  # every base weight as loaded
+            assert torch.equal(tensor, base[name.replace(".base_layer.", ".")]), name
+    checkpoint = tmp_path / "lora-whole" / "checkpoints" / "step-000004" / "model"
+    merged = AutoModelForCausalLM.from_pretrained(checkpoint)
+    assert set(merged.state_dict()) == set(base)
+    assert any(not torch.equal(merged.state_dict()[k], base[k]) for k in base)  # the adapters' update is in it
+    ids = torch.tensor([groups[0].prompt_ids.tolist() + groups[0].samples[0].ids.tolist()])
+    whole.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, whole.model(ids).logits, rtol=1e-4, atol=1e-5)
+
+    resumed = trained("lora-resumed", (2, 4))
+    assert resumed.step == 4
+    for name, tensor in resumed.model.state_dict().items():
+        torch.testing.assert_close(tensor, adapted[name], rtol=1e-5, atol=1e-6, msg=name)

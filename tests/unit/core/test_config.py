@@ -92,6 +92,9 @@ def test_flag_values_are_typed_like_toml():
         (["nosuch.field=1"], {}, "unknown section 'nosuch'"),
         (["learner.lr"], {}, "section.field=value"),
         (['learner.engine="deepspeed"', "learner.compile=true"], {}, "compile is built for engine 'torch'"),
+        (['learner.engine="deepspeed"', "learner.lora_rank=8"], {}, "lora_rank > 0 needs engine 'torch'"),
+        (["learner.lora_rank=-1"], {}, "learner.lora_rank"),
+        (['algorithm.method="ppo"'], {}, "algorithm.method"),
     ],
 )
 def test_invalid_values_name_the_field(overrides, environ, needle):

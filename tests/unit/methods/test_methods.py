@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.config import AlgorithmConfig, Config, ConfigError, load_config, to_toml
+from core.method_registry import METHOD_REGISTRY
 from methods import METHODS, configure, make_method
 from methods.base import LossTerms
 from methods.peers import PeerSource, PeerTag
@@ -18,8 +19,45 @@ B, T, V = 2, 3, 5
 
 def test_every_configurable_method_is_registered_and_named_alike():
     names = typing.get_args(AlgorithmConfig.model_fields["method"].annotation)
-    assert set(names) == set(METHODS)
+    assert names == tuple(METHOD_REGISTRY) == tuple(METHODS)
     assert all(cls.name == name for name, cls in METHODS.items())
+
+
+def test_every_choice_of_a_method_reads_the_registry():
+    """Config, `hsd run --method`, `hsd credit --method` and `hsd compare --arms` offer what
+    the registry holds, so a registered method is offered everywhere with no other edit."""
+    from services.apps.arms import ARMS
+    from services.apps.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    run_method = next(a for a in commands["run"]._actions if a.dest == "method")
+    credit_method = next(a for a in commands["credit"]._actions if a.dest == "method")
+    assert list(run_method.choices) == list(METHOD_REGISTRY)
+    assert list(credit_method.choices) == ["hsd", "opsd", "sdzero"]  # the ones whose teacher reads an input
+    assert {m for m, e in METHOD_REGISTRY.items() if e.is_arm} <= set(ARMS) and "srt" not in ARMS
+    assert {a.method for a in ARMS.values()} <= set(METHOD_REGISTRY)
+
+
+def test_a_registry_entry_resolves_to_the_one_method_of_its_name(tmp_path, monkeypatch):
+    from methods import _implementation
+
+    (tmp_path / "twin_method.py").write_text(
+        "from methods.grpo import GRPO\n\nclass Twin(GRPO):\n    name = 'twin'\n")
+    (tmp_path / "no_method.py").write_text("from methods.grpo import GRPO\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    twin = _implementation("twin", "twin_method")
+    assert twin.name == "twin" and issubclass(twin, METHODS["grpo"])
+    # the imported GRPO is named grpo, not twin: only a subclass that names itself counts
+    with pytest.raises(ImportError, match="no_method defines 0 Method subclasses named 'twin'"):
+        _implementation("twin", "no_method")
+
+
+def test_a_method_declares_what_its_loss_reads_of_the_teacher():
+    assert make_method(AlgorithmConfig(method="hsd")).teacher_topk == 0
+    assert make_method(AlgorithmConfig(method="hsd", loss="topk", topk=8)).teacher_topk == 8
+    sdzero = load_config(environ={}, overrides=['algorithm.method="sdzero"'])
+    configure(sdzero)
+    assert make_method(sdzero.algorithm).teacher_topk == 64
 
 
 def test_grpo_refuses_an_advantage_that_leaves_no_signal():

@@ -73,5 +73,5 @@ def test_config_fields_lists_every_field_with_its_type_default_and_meaning(capsy
     out = capsys.readouterr().out
     paths = [f"{s}.{k}" for s, f in Config.model_fields.items() for k in f.annotation.model_fields]
     assert len(paths) > 80 and all(f"\n{p} " in out for p in paths)
-    assert re.search(r'^algorithm\.method +grpo\|hsd\|sdzero\|opsd\|srt\|rft = "hsd"$', out, re.M)
+    assert re.search(r'^algorithm\.method +grpo\|hsd\|opsd\|sdzero\|srt\|rft = "hsd"$', out, re.M)
     assert all(f.description for s in Config.model_fields.values() for f in s.annotation.model_fields.values())

@@ -380,3 +380,68 @@ def test_the_srt_phase_is_reused_with_its_settings_and_equal_samples_lengthen_th
     per_step = make_config([]).learner.batch_groups * make_config([]).actor.group_size
     assert steps["grpo-ws1-seed0"] == (12 + -(-210 // per_step), "ws-b")  # the steps 210 samples fill
     assert steps["sdzero-ws1-seed0"] == (12, srt[1].dir) and runs["sdzero-ws1-seed0"].samples_before == 210
+
+
+def test_an_arm_best_at_the_largest_lr_sweeps_on_until_its_optimum_is_inside(tmp_path):
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    optimum = {"grpo": 4e-4, "grpo-kl0.1": 9e-4, "hsd-placebo": 2e-4}
+
+    def run(c):
+        arm = "hsd-placebo" if c.algorithm.peer_source == "placebo" else "grpo-kl0.1" if c.algorithm.kl_coef else "grpo"
+        return {"eval_accuracy_by_step": {"0": 0.5, "12": 0.9 - abs(c.learner.lr - optimum[arm]) * 1e2}}
+
+    p = Protocol(warm_starts=("ws-a",), arms=("grpo", "grpo-kl0.1", "hsd-placebo"), seeds=1, lr_extensions=2)
+    lrs, sweep = Experiment(make_config, p, tmp_path, run).sweep(srt=[])
+    swept = {arm: sorted({r.lr for r in sweep if r.arm == arm}) for arm in p.arms}
+    # grpo: best at 3e-4, then at 4e-4, and 5e-4 is worse: bracketed at 4e-4
+    assert swept["grpo"] == [1e-4, 2e-4, 3e-4, 4e-4, 5e-4] and lrs["grpo"] == 4e-4
+    # grpo-kl0.1's optimum lies beyond the two extensions: it stops at the limit
+    assert swept["grpo-kl0.1"] == [1e-4, 2e-4, 3e-4, 4e-4, 5e-4] and lrs["grpo-kl0.1"] == 5e-4
+    assert swept["hsd-placebo"] == [1e-4, 2e-4, 3e-4] and lrs["hsd-placebo"] == 2e-4  # inside: no extension
+
+
+def test_a_ledger_is_keyed_by_the_start_model_s_weights_not_its_path(tmp_path):
+    """The same warm start in another checkout (another path, another machine) reuses the
+    ledger; other weights at the same path do not."""
+    import shutil
+
+    from core.config import load_config
+    from methods import configure
+    from services.apps.experiment import LEDGER, Experiment, Protocol
+
+    def make_config(overrides):
+        c = load_config(environ={}, overrides=overrides)
+        configure(c)
+        return c
+
+    ran = []
+
+    def run(c):
+        ran.append(c.run.name)
+        return {"eval_accuracy_by_step": {"0": 0.5, str(c.run.steps): 0.7}}
+
+    here, there = tmp_path / "checkout-a" / "tiny", tmp_path / "checkout-b" / "tiny"
+    here.mkdir(parents=True)
+    (here / "model.safetensors").write_bytes(b"weights of the warm start")
+    shutil.copytree(here, there)
+
+    def grid(model, out):
+        p = Protocol(warm_starts=(str(model),), arms=("grpo",), seeds=1, staleness=())
+        Experiment(make_config, p, out, run).grid({"grpo": 1e-4}, srt=[])
+
+    grid(here, tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / LEDGER, tmp_path / "b" / LEDGER)
+    grid(there, tmp_path / "b")
+    assert ran == ["grpo-ws0-seed0"]  # the copy's weights are the same: read back, not run
+    (there / "model.safetensors").write_bytes(b"other weights")
+    grid(there, tmp_path / "b")
+    assert ran == ["grpo-ws0-seed0"] * 2
