@@ -18,6 +18,16 @@ from services.apps.paired import Paired, paired, slope, t_quantile
 from services.apps.run_result import RunResult
 
 
+def make_config(overrides: list[str]):
+    """A comparison's config of one run, as `hsd compare` builds it (defaults, then the method's)."""
+    from core.config import load_config
+    from methods import configure
+
+    c = load_config(environ={}, overrides=overrides)
+    configure(c)
+    return c
+
+
 @pytest.mark.parametrize(("p", "df", "expected"), [
     (0.975, 1, 12.7062), (0.975, 4, 2.7764), (0.975, 9, 2.2622), (0.975, 30, 2.0423), (0.95, 9, 1.8331),
     (0.5, 5, 0.0)])
@@ -145,14 +155,7 @@ def test_paired_text_names_the_interval():
 def test_every_arm_sweeps_its_own_lr_by_the_same_rule_and_the_grid_pairs_the_arms(tmp_path):
     """The protocol's orchestration with the run itself stubbed by a function of the config
     (the real `hsd run` path is exercised by tests/e2e/test_compare.py)."""
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     ran = []
     best = {"grpo": 3e-4, "hsd-placebo": 2e-4, "grpo-kl0.1": 1e-4}  # the best mean of each arm
@@ -230,16 +233,9 @@ def test_staleness_study_reads_each_eta_against_the_synchronous_runs(async_final
 
 
 def test_the_staleness_study_reuses_the_grid_s_runs_at_their_eta_and_repeats_eta_0(tmp_path):
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import Experiment, Protocol
 
     ran = []
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     def run(c):
         ran.append((c.algorithm.method, c.learner.max_staleness, c.run.seed, c.run.name))
@@ -263,14 +259,8 @@ def test_the_staleness_study_reuses_the_grid_s_runs_at_their_eta_and_repeats_eta
 def test_an_interrupted_comparison_goes_on_where_it_stopped(tmp_path):
     """A run that finished with the same config is read back, not run again; one left
     unfinished, or run with another config, is run afresh in a clean dir."""
-    from core.config import load_config, to_toml
-    from methods import configure
+    from core.config import to_toml
     from services.apps.experiment import Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     ran = []
 
@@ -305,14 +295,7 @@ def test_a_comparison_goes_on_from_its_ledger_alone_and_reruns_sdzero_from_other
     its checkpoints are there, and sdzero's runs are keyed by the SRT weights' digest."""
     import shutil
 
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import LEDGER, Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     ran = []
 
@@ -343,14 +326,7 @@ def test_the_srt_phase_is_reused_with_its_settings_and_equal_samples_lengthen_th
     """SD-Zero's phase 1 runs once per warm start (seeded by its index) and again only when
     a setting changes; with equal_samples every arm not starting from its model runs as
     many more steps as the phase's samples fill, and sdzero counts them before its own."""
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     phases, ran = [], []
 
@@ -383,14 +359,7 @@ def test_the_srt_phase_is_reused_with_its_settings_and_equal_samples_lengthen_th
 
 
 def test_an_arm_best_at_the_largest_lr_sweeps_on_until_its_optimum_is_inside(tmp_path):
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     optimum = {"grpo": 4e-4, "grpo-kl0.1": 9e-4, "hsd-placebo": 2e-4}
 
@@ -413,14 +382,7 @@ def test_a_ledger_is_keyed_by_the_start_model_s_weights_not_its_path(tmp_path):
     ledger; other weights at the same path do not."""
     import shutil
 
-    from core.config import load_config
-    from methods import configure
     from services.apps.experiment import LEDGER, Experiment, Protocol
-
-    def make_config(overrides):
-        c = load_config(environ={}, overrides=overrides)
-        configure(c)
-        return c
 
     ran = []
 
