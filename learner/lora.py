@@ -33,7 +33,12 @@ def add_adapters(model: torch.nn.Module, lc: LearnerConfig) -> torch.nn.Module:
         lc.lora_target_modules.split(","))
     config = LoraConfig(r=lc.lora_rank, lora_alpha=lc.lora_alpha, lora_dropout=lc.lora_dropout,
                         target_modules=targets)
-    return inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    try:
+        return inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    except ValueError as err:  # no such module in this model: one line naming the field, exit 2
+        from services.errors import StartupError
+
+        raise StartupError(f"learner.lora_target_modules: {lc.lora_target_modules!r}: {err}") from None
 
 
 def _lora_layers(model: torch.nn.Module) -> dict[str, Any]:

@@ -309,3 +309,12 @@ def test_lora_trains_only_its_adapters_publishes_them_merged_and_resumes_them(cl
     assert resumed.step == 4
     for name, tensor in resumed.model.state_dict().items():
         torch.testing.assert_close(tensor, adapted[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lora_target_modules_the_model_lacks_fail_naming_the_field(tiny_model_dir):
+    from learner.lora import add_adapters
+    from services.errors import StartupError
+
+    config = load_config(environ={}, overrides=["learner.lora_rank=4", 'learner.lora_target_modules="qq_proj"'])
+    with pytest.raises(StartupError, match=r"^learner\.lora_target_modules: 'qq_proj': .*not found"):
+        add_adapters(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config.learner)
